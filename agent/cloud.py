@@ -1,0 +1,231 @@
+"""The GraphQL boundary: every operation the agent sends to Prefect Cloud / Server 1.x (or our server).
+
+One gql `Client` over aiohttp, connected once. Documents are the named files in `agent/operations/`
+(validated against the contract SDL in the tests, never at runtime: a harmless server-side schema addition
+must not break the agent). Callers get typed results and one error tree: `TransientApiError` (connection
+errors, timeouts, 5xx: retried here a few times, then the caller backs off), `AuthenticationError`,
+`StateUpdateFailed` (another agent won the run) and `ApiError` for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import aiohttp
+import tenacity
+from gql import Client, GraphQLRequest
+from gql.transport.aiohttp import AIOHTTPTransport
+from gql.transport.exceptions import (
+    TransportClosed,
+    TransportConnectionFailed,
+    TransportProtocolError,
+    TransportQueryError,
+    TransportServerError,
+)
+from loguru import logger
+
+from agent import __version__
+from agent.models import PREFECT_WIRE_VERSION, FlowRun
+
+
+class ApiError(Exception):
+    """The backend answered with an error that retrying will not fix."""
+
+
+class TransientApiError(ApiError):
+    """Connection refused or reset, timeout, HTTP 5xx/429: worth retrying with backoff."""
+
+
+class AuthenticationError(ApiError):
+    """The backend rejected (or requires) credentials."""
+
+
+class StateUpdateFailed(ApiError):
+    """`State update failed` / VERSION_LOCKING_ERROR: another agent claimed the run first (§4.4)."""
+
+
+@cache
+def operation(name: str) -> str:
+    """The text of `agent/operations/<name>.graphql` (package data, read once)."""
+    return files("agent.operations").joinpath(f"{name}.graphql").read_text()
+
+
+def classify_errors(errors: list[dict[str, Any]]) -> ApiError:
+    """Map a GraphQL `errors` list to our error tree, by the same substrings the Prefect client matches."""
+    text = str(errors)
+    message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
+    codes = {str((e.get("extensions") or {}).get("code")) for e in errors if isinstance(e, dict)}
+    if "UNAUTHENTICATED" in text or "Malformed Authorization header" in text or "FORBIDDEN" in codes:
+        return AuthenticationError(message)
+    if "VERSION_LOCKING_ERROR" in codes or "State update failed" in text:
+        return StateUpdateFailed(message)
+    if "API_ERROR" in text:
+        return TransientApiError(message)
+    return ApiError(message)
+
+
+def classify_exception(exc: BaseException) -> ApiError:
+    """401/403 auth errors, other 4xx permanent, the rest (5xx, network, timeout) transient."""
+    if isinstance(exc, TransportServerError):
+        code = exc.code
+        if code in (401, 403):
+            return AuthenticationError(f"HTTP {code}: {exc}")
+        if code is not None and 400 <= code < 500 and code != 429:
+            return ApiError(f"HTTP {code}: {exc}")
+        return TransientApiError(f"HTTP {code}: {exc}")
+    if isinstance(exc, TransportConnectionFailed | TransportClosed | TransportProtocolError):
+        return TransientApiError(str(exc) or type(exc).__name__)
+    if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+        return TransientApiError(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    return ApiError(f"{type(exc).__name__}: {exc}")
+
+
+class CloudClient:
+    """Typed methods over the Prefect 1.x GraphQL API; one instance per agent process."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 15.0, attempts: int = 3) -> None:
+        headers = {
+            "User-Agent": f"local-agent/{__version__}",
+            # Prefect Server stores it on register_agent and de-duplicates agents by it (§2.3).
+            "X-PREFECT-CORE-VERSION": PREFECT_WIRE_VERSION,
+        }
+        if token:
+            headers["Authorization"] = f"Bearer {token}"  # never logged: gql/aiohttp loggers sit at WARNING
+        self.url = url
+        self.timeout = timeout
+        self._attempts = attempts
+        self._cloud = token is not None
+        self._dynamic: dict[str, str] = {}
+        self._client = Client(transport=AIOHTTPTransport(url=url, headers=headers), execute_timeout=None)
+        self._session: Any = None
+
+    async def connect(self) -> None:
+        self._session = await self._client.connect_async(reconnecting=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            self._session = None
+            await self._client.close_async()
+
+    def set_agent_id(self, agent_id: str) -> None:
+        self._dynamic["X-PREFECT-AGENT-ID"] = agent_id
+
+    def set_tenant_id(self, tenant_id: str) -> None:
+        if self._cloud:  # the Prefect client sends it only with an API key (§1)
+            self._dynamic["X-PREFECT-TENANT-ID"] = tenant_id
+
+    async def execute(
+        self,
+        name: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        retry: bool = True,
+    ) -> dict[str, Any]:
+        """Run one named operation; transient failures are retried (`retry=True`) with jittered backoff."""
+        attempts = self._attempts if retry else 1
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(TransientApiError),
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_exponential_jitter(initial=0.5, max=5),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._execute_once(name, variables, timeout or self.timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _execute_once(
+        self, name: str, variables: dict[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
+        if self._session is None:
+            raise TransientApiError("not connected")
+        request = GraphQLRequest(operation(name), variable_values=variables)
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self._session.execute(
+                    request, get_execution_result=True, extra_args={"headers": dict(self._dynamic)}
+                )
+        except ApiError:
+            raise
+        except TransportQueryError as exc:
+            raise classify_errors(exc.errors or [{"message": str(exc)}]) from exc
+        except Exception as exc:  # noqa: BLE001 - every transport failure is classified, none escapes raw
+            raise classify_exception(exc) from exc
+        if result.errors:
+            raise classify_errors(result.errors)
+        return result.data or {}
+
+    # ------------------------------------------------------------------ start-up (§3.1, §3.2)
+
+    async def auth_info(self) -> tuple[str | None, str | None]:
+        """`(tenant_id, api_token_scope)` of the token (Cloud mode)."""
+        info = (await self.execute("auth_info")).get("auth_info") or {}
+        return info.get("tenant_id"), info.get("api_token_scope")
+
+    async def first_tenant_id(self) -> str:
+        """Server mode: the first tenant; a server without tenants cannot run anything (§2.1)."""
+        tenants = (await self.execute("tenant")).get("tenant") or []
+        if not tenants:
+            raise ApiError(
+                "the backend has no tenants; create one first (`prefect server create-tenant`)"
+            )
+        return str(tenants[0]["id"])
+
+    async def register_agent(self, name: str, labels: list[str], tenant_id: str) -> str:
+        variables = {"input": {"type": "LocalAgent", "name": name, "labels": labels, "tenant_id": tenant_id}}
+        agent_id = ((await self.execute("register_agent", variables)).get("register_agent") or {}).get("id")
+        if not agent_id:
+            raise ApiError("Error registering agent: the backend returned no agent id")
+        return str(agent_id)
+
+    async def hello(self) -> None:
+        await self.execute("hello")
+
+    async def capabilities(self) -> set[str]:
+        """Our extensions the backend offers; empty for a plain Prefect Server / Cloud (any error)."""
+        try:
+            api = (await self.execute("capabilities", retry=False)).get("api") or {}
+        except ApiError as exc:
+            logger.debug("backend has no capabilities field ({error}): plain polling", error=exc)
+            return set()
+        return {str(c) for c in api.get("capabilities") or []}
+
+    # ------------------------------------------------------------------ polling (§3.3)
+
+    async def runs_in_queue(
+        self, tenant_id: str, labels: list[str], before: str, wait_seconds: float | None = None
+    ) -> list[str]:
+        """Ids of runs ready before `before`; `wait_seconds` makes the backend hold the request."""
+        payload: dict[str, Any] = {"tenant_id": tenant_id, "labels": labels, "before": before}
+        timeout = self.timeout
+        if wait_seconds:
+            payload["wait_seconds"] = wait_seconds
+            timeout = self.timeout + wait_seconds  # the HTTP timeout must outlast the server's wait
+        data = await self.execute("get_runs_in_queue", {"input": payload}, timeout=timeout, retry=False)
+        return [str(i) for i in (data.get("get_runs_in_queue") or {}).get("flow_run_ids") or []]
+
+    async def flow_runs(self, ids: list[str], before: str) -> list[FlowRun]:
+        """Metadata of the runs among `ids` that are still claimable, sorted by start time."""
+        data = await self.execute("flow_runs", {"ids": ids, "before": before})
+        runs = [FlowRun.model_validate(row) for row in data.get("flow_run") or []]
+        return sorted(runs, key=FlowRun.sort_key)
+
+    # ------------------------------------------------------------------ deployment (§3.4)
+
+    async def set_flow_run_state(self, flow_run_id: str, state: dict[str, Any], version: int | None) -> None:
+        entry = {"flow_run_id": flow_run_id, "version": version, "state": state}
+        await self.execute("set_flow_run_states", {"input": {"states": [entry]}})
+
+    async def set_task_run_state(self, task_run_id: str, state: dict[str, Any], version: int | None) -> None:
+        entry = {"task_run_id": task_run_id, "version": version, "state": state}
+        await self.execute("set_task_run_states", {"input": {"states": [entry]}})
+
+    async def write_run_log(self, flow_run_id: str, name: str, message: str, level: str = "INFO") -> None:
+        entry = {"flow_run_id": flow_run_id, "name": name, "message": message, "level": level}
+        data = await self.execute("write_run_logs", {"input": {"logs": [entry]}})
+        if not (data.get("write_run_logs") or {}).get("success"):
+            raise ApiError("Writing logs failed.")

@@ -1,0 +1,118 @@
+"""API payloads the agent reads and the state JSON it writes (pydantic, no I/O).
+
+Only what the agent dereferences is modelled strictly; everything else is kept as plain JSON so a backend
+that returns more (or a newer Prefect that adds storage fields) never breaks parsing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The state classes for which Prefect 1.4.1's `State.is_scheduled()` is true (§4.8).
+SCHEDULED_STATES = frozenset({"Scheduled", "Paused", "Resume", "Retrying", "Queued"})
+# The version stamped into state JSON we write: the Prefect client version whose wire format we speak.
+PREFECT_WIRE_VERSION = "1.4.1"
+# Run-config types the Docker-style launch understands; anything else is refused with a clear message.
+DOCKER_RUN_CONFIGS = frozenset({"DockerRun", "UniversalRun"})
+
+
+class Flow(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str
+    version: int | None = None
+    core_version: str | None = None
+    storage: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+
+
+class TaskRun(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    version: int
+    task_id: str | None = None
+    serialized_state: dict[str, Any] | None = None
+
+    @property
+    def is_scheduled(self) -> bool:
+        return state_type(self.serialized_state) in SCHEDULED_STATES
+
+
+class FlowRun(BaseModel):
+    """One row of the §3.3(b) metadata query."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    version: int
+    state: str | None = None
+    name: str | None = None
+    serialized_state: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = None
+    scheduled_start_time: datetime | None = None
+    run_config: dict[str, Any] | None = None
+    flow: Flow
+    task_runs: list[TaskRun] = Field(default_factory=list)
+
+    @property
+    def is_scheduled(self) -> bool:
+        return state_type(self.serialized_state) in SCHEDULED_STATES
+
+    @property
+    def start_time(self) -> datetime | None:
+        """When the run may start: the current state's `start_time` (a scheduled state), else now."""
+        raw = (self.serialized_state or {}).get("start_time")
+        return parse_time(raw) if isinstance(raw, str) else None
+
+    def sort_key(self) -> datetime:
+        return self.start_time or datetime.min.replace(tzinfo=UTC)
+
+
+def state_type(serialized: dict[str, Any] | None) -> str | None:
+    return serialized.get("type") if serialized else None
+
+
+def parse_time(raw: str) -> datetime:
+    """ISO 8601 as Prefect writes it (`+00:00` or `Z`); naive values are taken as UTC, as Prefect does."""
+    value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def iso_now(offset_seconds: float = 0.0) -> str:
+    """`now + offset` in UTC as ISO 8601 with `+00:00`, the form the Prefect client sends."""
+
+    return (datetime.now(UTC) + timedelta(seconds=offset_seconds)).isoformat()
+
+
+def _state(type_: str, message: str | None, **extra: Any) -> dict[str, Any]:
+    """A state in the exact JSON shape the Prefect 1.4.1 client serializes (§4.8)."""
+    return {
+        "type": type_,
+        "message": message,
+        **extra,
+        "context": {},
+        "cached_inputs": {},
+        "_result": {"type": "NoResultType", "__version__": PREFECT_WIRE_VERSION},
+        "__version__": PREFECT_WIRE_VERSION,
+    }
+
+
+def submitted_state(
+    wrapped: dict[str, Any] | None, message: str = "Submitted for execution"
+) -> dict[str, Any]:
+    """`Submitted` wrapping the current state, as §3.4 step 2 sends it."""
+    return _state("Submitted", message, state=wrapped or {"type": "Scheduled"})
+
+
+def failed_state(message: str) -> dict[str, Any]:
+    return _state("Failed", message)
+
+
+def scheduled_state(message: str, start_time: str) -> dict[str, Any]:
+    """Puts a claimed run back in the queue (the agent could not reach its own Docker daemon)."""
+    return _state("Scheduled", message, start_time=start_time)

@@ -1,0 +1,1 @@
+"""GraphQL documents the agent sends (package data); see agent/cloud.py."""

@@ -1,0 +1,255 @@
+"""Every agent setting, in one pydantic-settings model; the only module that reads env vars or secret files.
+
+Names follow Prefect 1.x (`PREFECT__CLOUD__AGENT__*`, plus `PREFECT__CLOUD__API` and the legacy token
+names), so an existing Prefect agent configuration keeps working. Precedence, highest first: explicit values
+(CLI flags or `LocalAgent(**overrides)`), environment variables, secret files
+(`/run/secrets/prefect_cloud_agent_api_token`), then Prefect's own `config.toml` (`[cloud] api_token` /
+`api_key`, `[cloud] api`, `[cloud.agent]` keys).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "PREFECT__CLOUD__AGENT__"
+API_ENV = "PREFECT__CLOUD__API"
+DEFAULT_API = "http://localhost:4200"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+TOKEN_SECRET_FILE = "prefect_cloud_agent_api_token"
+# Token sources in precedence order (all env names; the secret file and config.toml come after them).
+TOKEN_ENV_NAMES = (
+    f"{ENV_PREFIX}API_TOKEN",
+    f"{ENV_PREFIX}AUTH_TOKEN",  # the 0.x name
+    "PREFECT__CLOUD__API_TOKEN",  # config value cloud.api_token
+    "PREFECT__CLOUD__API_KEY",  # Prefect 1.x API keys
+)
+# config.toml values enter under these lowest-ranked aliases, so every env name and the secret file outrank
+# them; the characters make them impossible as env var names (only PrefectConfigTomlSource supplies them).
+TOML_API_KEY = "[config.toml] cloud.api"
+TOML_TOKEN_KEY = "[config.toml] cloud.api_token"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def parse_labels(value: Any) -> Any:
+    """Labels arrive as a JSON list, a comma-separated string, or (from repeated flags) a list of either."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):  # JSON, or the Python repr Prefect itself writes: "['a', 'b']"
+            try:
+                return [str(item) for item in json.loads(text)]
+            except json.JSONDecodeError:
+                return [str(item) for item in ast.literal_eval(text)]
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        labels: list[str] = []
+        for item in value:
+            labels.extend(parse_labels(item) if isinstance(item, str) and "," in item else [str(item)])
+        return list(dict.fromkeys(labels))  # de-duplicated, first occurrence keeps its place
+    return value
+
+
+def parse_env_vars(value: Any) -> Any:
+    """Env vars arrive as a JSON object, a `KEY=VAL` list (comma or newline separated), or repeated flags."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            return {str(k): str(v) for k, v in json.loads(text).items()}
+        items = [part for line in text.splitlines() for part in line.split(",")]
+        return parse_env_vars([item for item in items if item.strip()])
+    if isinstance(value, list | tuple):
+        pairs: dict[str, str] = {}
+        for item in value:
+            key, sep, val = str(item).strip().partition("=")
+            if not sep or not key:
+                raise ValueError(f"expected KEY=VALUE, got {str(item).strip()!r}")
+            pairs[key.strip()] = val
+        return pairs
+    return value
+
+
+class Settings(BaseSettings):
+    """The agent's effective configuration. Build it once (`load_settings`) and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+    )
+
+    api: str = Field(DEFAULT_API, validation_alias=AliasChoices(API_ENV, TOML_API_KEY))
+    api_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices(*TOKEN_ENV_NAMES, TOKEN_SECRET_FILE, TOML_TOKEN_KEY)
+    )
+    name: str = Field("agent", min_length=1)
+    labels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    env_vars: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    container_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    no_pull: bool = False
+    base_url: str | None = None
+    docker_timeout: PositiveFloat = 60.0
+    flow_api_url: str | None = None
+    network: str | None = None
+    level: LogLevel = "INFO"
+    flow_log_level: LogLevel = "INFO"
+    send_flow_run_logs: bool = True
+    prefetch_seconds: float = Field(10.0, ge=0)
+    long_poll_seconds: float = Field(10.0, ge=0, le=30)
+    request_timeout: PositiveFloat = 15.0
+    max_concurrent_launches: PositiveInt = 10
+    drain_timeout: float = Field(30.0, ge=0)
+    pull_progress_interval: PositiveFloat = 5.0
+    secrets_dir: Path = DEFAULT_SECRETS_DIR
+
+    _labels = field_validator("labels", mode="before")(parse_labels)
+    _env_vars = field_validator("env_vars", "container_labels", mode="before")(parse_env_vars)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _highest_ranked_alias_wins(cls, data: Any) -> Any:
+        """Each source reports the alias it found; keep only the best-ranked one per field.
+
+        pydantic would otherwise treat the lower-ranked duplicates (say, the secret file next to an env var)
+        as extra inputs.
+        """
+        if not isinstance(data, dict):
+            return data
+        for name in ("api", "api_token"):
+            alias = cls.model_fields[name].validation_alias
+            ranked = [name, *(alias.choices if isinstance(alias, AliasChoices) else [])]
+            present = [k for k in data if any(str(k).lower() == str(r).lower() for r in ranked)]
+            if len(present) > 1:
+                best = min(present, key=lambda k: [str(r).lower() for r in ranked].index(str(k).lower()))
+                data = {k: v for k, v in data.items() if k not in present or k == best}
+        return data
+
+    @field_validator("level", "flow_log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api", "flow_api_url", "base_url")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip().rstrip("/") if value else value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @property
+    def token(self) -> str | None:
+        """The raw token, for the Authorization header and the flow container's env only."""
+        return self.api_token.get_secret_value() if self.api_token else None
+
+    @property
+    def backend(self) -> str:
+        """`cloud` with a token, `server` without: what `PREFECT__BACKEND` tells flow containers."""
+        return "cloud" if self.api_token else "server"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No dotenv: compose injects `.env` itself, one source of truth (style guide §2).
+        return init_settings, env_settings, file_secret_settings, PrefectConfigTomlSource(settings_cls)
+
+
+class PrefectConfigTomlSource(PydanticBaseSettingsSource):
+    """Prefect's user config file: `[cloud] api / api_token / api_key` and `[cloud.agent]` keys."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        cloud = _read_prefect_config().get("cloud", {})
+        if not isinstance(cloud, dict):
+            return {}
+        values: dict[str, Any] = {}
+        agent = cloud.get("agent", {})
+        if isinstance(agent, dict):
+            values.update({k: v for k, v in agent.items() if k in Settings.model_fields and k != "api_token"})
+            if agent.get("auth_token"):
+                values[TOML_TOKEN_KEY] = agent["auth_token"]
+        for key in ("api_key", "api_token"):  # api_token wins over api_key
+            if cloud.get(key):
+                values[TOML_TOKEN_KEY] = cloud[key]
+        if isinstance(cloud.get("api"), str) and "${" not in cloud["api"]:
+            values[TOML_API_KEY] = cloud["api"]
+        return values
+
+
+def prefect_config_path() -> Path:
+    """Prefect 1.x's user config: `$PREFECT__USER_CONFIG_PATH`, else `<home_dir>/config.toml`."""
+    if os.environ.get("PREFECT__USER_CONFIG_PATH"):
+        return Path(os.environ["PREFECT__USER_CONFIG_PATH"]).expanduser()
+    home = os.environ.get("PREFECT__HOME_DIR") or "~/.prefect"
+    return Path(home).expanduser() / "config.toml"
+
+
+def _read_prefect_config() -> dict[str, Any]:
+    path = prefect_config_path()
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}  # an unreadable Prefect config is not ours to reject; env and flags still apply
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings: `overrides` (flags) beat env, env beats secret files, files beat config.toml."""
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    secrets_dir = Path(
+        explicit.get("secrets_dir") or os.environ.get(f"{ENV_PREFIX}SECRETS_DIR") or DEFAULT_SECRETS_DIR
+    )
+    # pydantic-settings warns about a missing directory; a host without Docker secrets is normal.
+    return Settings(_secrets_dir=secrets_dir if secrets_dir.is_dir() else None, **explicit)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets `field_name`."""
+    if field_name == "api":
+        return API_ENV
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def env_names() -> list[str]:
+    """Every setting's primary environment name, in model order (keeps `.env.example` in sync)."""
+    return [env_name(name) for name in Settings.model_fields]
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-ready data, secrets masked (for `local-agent config`)."""
+    data = settings.model_dump(mode="json")
+    data["secrets_dir"] = str(settings.secrets_dir)
+    data["backend"] = settings.backend
+    return data

@@ -1,0 +1,68 @@
+"""`python -m benchmarks run [--smoke] [--out DIR] [--systems ours,prefect]` from the repository root."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.config import REPO_ROOT, RESULTS_DIR, BenchConfig
+from benchmarks.report import update_readme, write_results
+from benchmarks.runner import run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("run", help="run every scenario and write results.json, results.md, lateness.png")
+    cmd.add_argument("--smoke", action="store_true", 
+                     help="10 runs per scenario, short idle, small queue DB (CI)")
+    cmd.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/<date>/, "
+                     "or .cache/benchmarks/smoke/ with --smoke)")
+    cmd.add_argument("--systems", default="ours,prefect", help="comma-separated subset of: ours, prefect")
+    cmd.add_argument("--burst-runs", type=int, help="override the burst size")
+    cmd.add_argument("--idle-seconds", type=float, help="override the idle window")
+    cmd.add_argument("--queue-runs", type=int, help="override the number of runs in the queue-latency DB")
+    cmd.add_argument("--no-image", action="store_true", help="skip building the agent image")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    config = BenchConfig.smoke_config() if args.smoke else BenchConfig.full()
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = set(systems) - {"ours", "prefect"}
+    if unknown:
+        raise SystemExit(f"unknown system(s): {', '.join(sorted(unknown))}")
+    config = config.with_systems(systems)
+    overrides = {"burst_runs": args.burst_runs, "idle_s": args.idle_seconds, "queue_runs": args.queue_runs}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_image:
+        config = replace(config, build_agent_image=False)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = _config(args)
+    default = REPO_ROOT / ".cache" / "benchmarks" / "smoke" if config.smoke else RESULTS_DIR / _today()
+    out_dir = (args.out or default).resolve()
+    results = run(config)
+    paths = write_results(results, out_dir)
+    if out_dir.parent == RESULTS_DIR.resolve() and not config.smoke:
+        shutil.copyfile(paths["md"], RESULTS_DIR / "latest.md")
+        update_readme(results, RESULTS_DIR.parent / "README.md", f"results/{out_dir.name}/results.md")
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+    return 0
+
+
+def _today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The Docker side every system shares: the tiny flow image, the start-event clock, and clean-up.
+
+Every container start is timed from the daemon's own event stream (`timeNano` of the `start` event), so the
+ceiling, our agent and Prefect's agent are measured on one clock that none of them controls.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import time
+from collections.abc import Iterable
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+from benchmarks.config import BENCH_LABEL, FLOW_IMAGE
+
+RUN_ID_LABEL = "io.prefect.flow-run-id"
+FLOW_NAME_LABEL = "io.prefect.flow-name"
+BASE_IMAGES = ("local/busybox:latest", "busybox:latest")
+# A stand-in for `prefect execute flow-run`: the flow "runs" and exits 0 at once, so only launching is timed.
+FAKE_PREFECT = "#!/bin/sh\nexit 0\n"
+
+
+def docker_client() -> docker.DockerClient:
+    return docker.from_env(timeout=120)
+
+
+def ensure_flow_image(client: docker.DockerClient) -> str:
+    """Build `local-agent-bench-flow:latest` (busybox + a no-op `/bin/prefect`) unless it exists already."""
+    try:
+        client.images.get(FLOW_IMAGE)
+        return FLOW_IMAGE
+    except ImageNotFound:
+        pass
+    base = next((name for name in BASE_IMAGES if _image_exists(client, name)), None)
+    if base is None:
+        raise RuntimeError(f"none of {BASE_IMAGES} is available locally to build {FLOW_IMAGE}")
+    dockerfile = f"FROM {base}\nCOPY prefect /bin/prefect\nRUN chmod 755 /bin/prefect\n"
+    context = _tar_context({"Dockerfile": dockerfile, "prefect": FAKE_PREFECT})
+    client.images.build(
+        fileobj=context, custom_context=True, tag=FLOW_IMAGE, rm=True, forcerm=True,
+        labels={BENCH_LABEL: "flow"},
+    )
+    return FLOW_IMAGE
+
+
+def _image_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.images.get(name)
+        return True
+    except ImageNotFound:
+        return False
+
+
+def _tar_context(files: dict[str, str]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+class StartWatcher:
+    """Records the first `start` event of every container labelled with our benchmark's flow name.
+
+    Keyed by the `io.prefect.flow-run-id` label, which both agents set (and the ceiling imitates), so each
+    start maps back to the flow run - and its scheduled time - that caused it.
+    """
+
+    def __init__(self, client: docker.DockerClient, flow_name: str) -> None:
+        self._client = client
+        self._filters = {"type": "container", "event": "start", "label": f"{FLOW_NAME_LABEL}={flow_name}"}
+        self._starts: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._stream = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StartWatcher:
+        self._stream = self._client.api.events(decode=True, filters=self._filters, since=int(time.time()) - 1)
+        self._thread = threading.Thread(target=self._pump, name="docker-start-events", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _pump(self) -> None:
+        try:
+            for event in self._stream or ():
+                attrs = event.get("Actor", {}).get("Attributes", {})
+                run_id = attrs.get(RUN_ID_LABEL)
+                if not run_id:
+                    continue
+                stamp = event.get("timeNano", event.get("time", 0) * 1e9) / 1e9
+                with self._cond:
+                    self._starts.setdefault(run_id, stamp)
+                    self._cond.notify_all()
+        except Exception:  # noqa: BLE001 - the stream raises when closed; nothing to record then
+            return
+
+    def starts(self, run_ids: Iterable[str]) -> dict[str, float]:
+        wanted = set(run_ids)
+        with self._cond:
+            return {rid: t for rid, t in self._starts.items() if rid in wanted}
+
+    def wait_for(self, run_ids: Iterable[str], timeout: float) -> dict[str, float]:
+        """Block until every run in `run_ids` has started (or `timeout`); returns the starts seen."""
+        wanted = set(run_ids)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not wanted <= self._starts.keys():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.5))
+            return {rid: t for rid, t in self._starts.items() if rid in wanted}
+
+
+def remove_flow_containers(client: docker.DockerClient, flow_name: str) -> int:
+    """Remove every container of this benchmark's flow (our agent does not auto-remove; Prefect's does)."""
+    removed = 0
+    # The low-level list: the high-level one inspects each container and trips over auto-removed ones.
+    for container in client.api.containers(all=True, filters={"label": f"{FLOW_NAME_LABEL}={flow_name}"}):
+        try:
+            client.api.remove_container(container["Id"], force=True)
+            removed += 1
+        except (NotFound, APIError):  # auto_remove got there first, or removal is already in progress
+            continue
+    return removed

@@ -1,0 +1,65 @@
+"""Server queue latency: `get_runs_in_queue` round trips against a database holding 100,000 flow runs.
+
+The database is seeded directly with the server's own seeder (`server.seed`: creating 100,000 runs through
+GraphQL would take most of the time budget): finished runs plus a due backlog of 50. A fresh server process is
+then started on it and queried over HTTP exactly as an agent would, sequentially, without long polling, so
+the figure includes HTTP and GraphQL overhead - what an agent actually waits for.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import backend
+from benchmarks.stats import percentile
+
+QUEUE_LABEL = "bench-queue"
+DUE_RUNS = 50  # a due backlog twice the 25-run page, so every query returns a full page
+
+
+def seed_database(database_url: str, runs: int) -> str:
+    """Create the schema and `runs` flow runs with the server's own seeder; returns the tenant id."""
+    from server import db  # the server's own tables and seeder, so the rows are exactly what it reads
+    from server.seed import seed_flow_runs
+
+    engine = db.create_db_engine(database_url)
+    try:
+        db.migrate(engine)
+        tenant = db.ensure_default_tenant(engine)
+        seed_flow_runs(engine, runs, due=min(DUE_RUNS, runs), labels=[QUEUE_LABEL], tenant_id=tenant)
+        return tenant
+    finally:
+        engine.dispose()
+
+
+def measure_queue(work_dir: Path, runs: int, samples: int) -> dict[str, Any]:
+    """Seed, start a server on the database, time `samples` sequential queue queries; figures in ms."""
+    database_url = f"sqlite:///{work_dir / 'queue.db'}"
+    began = time.monotonic()
+    tenant = seed_database(database_url, runs)
+    seed_s = time.monotonic() - began
+    server = backend.Server(database_url=database_url, log_path=work_dir / "server-queue.log").start()
+    try:
+        for _ in range(5):  # warm the connection pool and SQLite's page cache
+            backend.queue_query(server.url, tenant, [QUEUE_LABEL], time.time() + 10)
+        times: list[float] = []
+        returned = 0
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            ids = backend.queue_query(server.url, tenant, [QUEUE_LABEL], time.time() + 10)
+            times.append((time.perf_counter() - t0) * 1000.0)
+            returned = len(ids)
+    finally:
+        server.stop()
+    return {
+        "queue.runs_stored": runs,
+        "queue.median_ms": statistics.median(times),
+        "queue.p95_ms": percentile(times, 95),
+        "queue.max_ms": max(times),
+        "queue.samples": samples,
+        "queue.returned": returned,
+        "queue.seed_s": seed_s,
+    }

@@ -1,0 +1,208 @@
+"""The scenarios, each a function of the shared `Bench` and one agent `System`.
+
+Clocks: a flow run's lateness is the Docker `start` event of its container minus the run's scheduled start
+time (both wall clock on this host). Burst throughput runs from the agent's first poll (the moment it could
+see the 200 due runs) to the last container start, so agent start-up is not charged to it.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+
+from benchmarks import backend
+from benchmarks.ceiling import CeilingResult, CeilingSpec, run_ceiling
+from benchmarks.config import BenchConfig
+from benchmarks.dockerenv import StartWatcher, remove_flow_containers
+from benchmarks.peers import AgentProcess
+from benchmarks.procstats import usage
+from benchmarks.proxy import CountingProxy
+from benchmarks.stats import ratio, summary
+
+
+class AgentFailed(RuntimeError):
+    """The agent did not reach its first poll, or died; the message carries the tail of its log."""
+
+
+@dataclass
+class Bench:
+    """Everything the scenarios share: one server, one daemon, one flow image, one event clock."""
+
+    config: BenchConfig
+    docker: docker.DockerClient
+    watcher: StartWatcher
+    server_url: str
+    flow_id: str
+    flow_name: str
+    image: str
+    rng: random.Random
+    token: str
+
+
+@dataclass
+class System:
+    """One agent under test, its proxy, and what was measured about it."""
+
+    agent: AgentProcess
+    proxy: CountingProxy
+    figures: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.agent.system
+
+
+def _log_tail(agent: AgentProcess, lines: int = 30) -> str:
+    try:
+        return "\n".join(agent.log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def launch(system: System, timeout: float = 60.0) -> float:
+    """Start the agent and wait for its first poll; records and returns launch -> first poll in seconds."""
+    started = system.agent.start()
+    first = system.proxy.wait_first_poll(started, timeout)
+    if first is None or not system.agent.alive():
+        system.agent.stop()
+        raise AgentFailed(f"{system.name} agent never polled within {timeout} s:\n{_log_tail(system.agent)}")
+    system.samples.setdefault("startup", []).append(first - started)
+    return first
+
+
+def create_runs(bench: Bench, label: str, times: list[float], tag: str) -> dict[str, float]:
+    """Create one flow run per scheduled time (8 in parallel); returns {run id: scheduled start}."""
+
+    def one(index: int, at: float) -> tuple[str, float]:
+        name = f"bench-{tag}-{index}-{bench.token}"
+        run_id = backend.create_flow_run(bench.server_url, bench.flow_id, name=name, labels=[label],
+                                         scheduled_at=at)
+        return run_id, at
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="create") as pool:
+        return dict(pool.map(one, range(len(times)), times))
+
+
+def _lateness(bench: Bench, runs: dict[str, float], system: System, key: str) -> list[float]:
+    starts = bench.watcher.wait_for(runs, timeout=bench.config.run_timeout_s)
+    late = [starts[rid] - at for rid, at in runs.items() if rid in starts]
+    system.samples[key] = late
+    system.figures.update(summary(late, key))
+    system.figures[f"{key}.started"] = f"{len(starts)}/{len(runs)}"
+    if len(starts) < len(runs):
+        system.errors[key] = f"only {len(starts)} of {len(runs)} containers started"
+    return late
+
+
+def scenario_startup(bench: Bench, system: System) -> None:
+    """Launch -> first poll, `startup_repeats` times on a quiet queue (plus every other launch in the run)."""
+    for _ in range(bench.config.startup_repeats):
+        launch(system)
+        time.sleep(1.0)  # let start-up settle (a first long poll in flight), as in normal operation
+        took = system.agent.stop()
+        if took is not None:
+            system.samples.setdefault("shutdown", []).append(took)
+
+
+def scenario_idle(bench: Bench, systems: list[System]) -> None:
+    """Agents side by side with nothing to do: RSS, CPU seconds and API requests per minute."""
+    warmup = 2.0 if bench.config.smoke else 30.0  # past Prefect's backoff ramp (0.25 s .. 10 s)
+    time.sleep(warmup)
+    begin = time.time()
+    before = {s.name: usage(s.agent.pid) for s in systems}
+    peak = {s.name: before[s.name].rss_mb for s in systems}
+    while time.time() - begin < bench.config.idle_s:
+        time.sleep(min(5.0, max(0.0, bench.config.idle_s - (time.time() - begin))))
+        for s in systems:
+            peak[s.name] = max(peak[s.name], usage(s.agent.pid).rss_mb)
+    end = time.time()
+    for s in systems:
+        after = usage(s.agent.pid)
+        cpu = after.cpu_s - before[s.name].cpu_s
+        requests = len(s.proxy.requests(begin, end))
+        s.figures.update({
+            "idle.rss_mb": after.rss_mb,
+            "idle.peak_rss_mb": peak[s.name],
+            "idle.cpu_s": cpu,
+            "idle.cpu_percent": 100.0 * cpu / (end - begin),
+            "idle.requests_per_min": 60.0 * requests / (end - begin),
+            "idle.window_s": end - begin,
+            "idle.requests_by_operation": s.proxy.by_operation(begin, end),
+        })
+
+
+def scenario_immediate(bench: Bench, system: System) -> None:
+    """Runs created one at a time, due at once, at random moments while the agent idles."""
+    runs: dict[str, float] = {}
+    low, high = bench.config.immediate_gap_s
+    for index in range(bench.config.immediate_runs):
+        time.sleep(bench.rng.uniform(low, high))
+        runs.update(create_runs(bench, system.agent.label, [time.time()], f"{system.name}-imm{index}"))
+    _lateness(bench, runs, system, "immediate")
+
+
+def scenario_scheduled(bench: Bench, system: System) -> None:
+    """Runs due at staggered future times, all created up front: how punctual is each container start?"""
+    cfg = bench.config
+    base = time.time() + cfg.scheduled_lead_s
+    times = [base + i * cfg.scheduled_spacing_s for i in range(cfg.scheduled_runs)]
+    runs = create_runs(bench, system.agent.label, times, f"{system.name}-sched")
+    _lateness(bench, runs, system, "scheduled")
+
+
+def ceiling_burst(bench: Bench, spec: CeilingSpec) -> CeilingResult:
+    result = run_ceiling(bench.docker, bench.watcher, image=bench.image, flow_name=bench.flow_name,
+                         runs=bench.config.burst_runs, spec=spec, timeout=bench.config.run_timeout_s)
+    remove_flow_containers(bench.docker, bench.flow_name)
+    return result
+
+
+def scenario_burst(bench: Bench, system: System, ceiling: CeilingResult | None) -> None:
+    """N runs due now, the agent started on them: throughput and API requests per launched run."""
+    n = bench.config.burst_runs
+    runs = create_runs(bench, system.agent.label, [time.time()] * n, f"{system.name}-burst")
+    first_poll = launch(system)
+    starts = bench.watcher.wait_for(runs, timeout=bench.config.run_timeout_s)
+    system.proxy.wait_quiet(quiet_s=2.0, timeout=15.0)  # the trailing Submitted/log writes of the last runs
+    stopping = time.time()  # whatever the agent sends while shutting down is not the burst's
+    system.agent.stop()
+    if not starts:
+        raise AgentFailed(f"no container of the {n}-run burst started:\n{_log_tail(system.agent)}")
+    last_start = max(starts.values())
+    tail = [r.at for r in system.proxy.requests(first_poll, stopping) if r.operation != "get_runs_in_queue"]
+    window_end = max([last_start, *tail])
+    requests = system.proxy.requests(first_poll, window_end + 1e-6)
+    duration = last_start - first_poll
+    system.figures.update({
+        "burst.runs": n,
+        "burst.started": len(starts),
+        "burst.duration_s": duration,
+        "burst.runs_per_s": len(starts) / duration if duration > 0 else None,
+        "burst.requests_per_run": len(requests) / max(len(starts), 1),
+        "burst.ceiling_runs_per_s": ceiling.runs_per_s if ceiling else None,
+        "burst.requests_by_operation": system.proxy.by_operation(first_poll, window_end + 1e-6),
+    })
+    system.figures["burst.ratio_to_ceiling"] = ratio(system.figures["burst.runs_per_s"],
+                                                     system.figures["burst.ceiling_runs_per_s"])
+    system.samples["burst_requests"] = [float(len(requests))]
+    if len(starts) < n:
+        system.errors["burst"] = f"only {len(starts)} of {n} containers started"
+    remove_flow_containers(bench.docker, bench.flow_name)
+
+
+def finish_startup(system: System) -> None:
+    samples = system.samples.get("startup", [])
+    if samples:
+        system.figures["startup.first_poll_s"] = statistics.median(samples)
+        system.figures["startup.samples"] = len(samples)
+    stops = system.samples.get("shutdown", [])
+    if stops:
+        system.figures["shutdown.stop_s"] = statistics.median(stops)

@@ -1,0 +1,122 @@
+"""`local-agent-server start | token create | flow-run create | seed` (also `python -m server`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+from pydantic import ValidationError
+
+from server.settings import ServerSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="local-agent-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="run the GraphQL API")
+    start.add_argument("--host", help="bind address (LOCAL_AGENT_SERVER_HOST, default 127.0.0.1)")
+    start.add_argument("--port", type=int, help="port (LOCAL_AGENT_SERVER_PORT, default 4200)")
+    start.add_argument("--auth", choices=("none", "token"), help="LOCAL_AGENT_SERVER_AUTH, default token")
+    start.add_argument("--log-level", help="LOCAL_AGENT_SERVER_LOG_LEVEL, default INFO")
+    _database_option(start)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    create = token.add_parser("create", help="create a token and print it (only time it is shown)")
+    create.add_argument("--scope", choices=("RUNNER", "USER"), default="RUNNER")
+    create.add_argument("--name", required=True)
+    create.add_argument("--tenant", help="tenant slug (default: the first tenant)")
+    _database_option(create)
+
+    runs = sub.add_parser("flow-run", help="flow runs").add_subparsers(dest="run_command", required=True)
+    run = runs.add_parser("create", help="create a flow run and print its id")
+    run.add_argument("--flow-id", required=True)
+    run.add_argument("--parameters", help="JSON object")
+    run.add_argument("--labels", nargs="*")
+    run.add_argument("--name")
+    _database_option(run)
+
+    seed = sub.add_parser("seed", help="bulk-insert flow runs (benchmarks)")
+    seed.add_argument("--runs", type=int, required=True)
+    seed.add_argument("--due", type=int, default=50, help="how many of them are Scheduled and due")
+    _database_option(seed)
+    return parser
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="SQLAlchemy URL (LOCAL_AGENT_SERVER_DATABASE_URL)")
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "auth", "log_level", "database_url"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return ServerSettings(**overrides)
+
+
+def configure_logging(level: str) -> None:
+    logger.remove()
+    # diagnose=False: tracebacks must not print local variables (request headers may hold tokens).
+    logger.add(sys.stderr, level=level.upper(), diagnose=False, backtrace=False,
+               format="{time:YYYY-MM-DD HH:mm:ss.SSS} - server - {level} - {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        configure_logging(settings.log_level)
+    except (ValidationError, ValueError) as exc:
+        print(f"local-agent-server: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _dispatch(args, settings)
+    except ValueError as exc:
+        print(f"local-agent-server: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: ServerSettings) -> int:
+    from server.serve import open_services, serve
+
+    if args.command == "start":
+        try:
+            asyncio.run(serve(settings))
+        except OSError as exc:
+            logger.error("cannot listen on {}:{}: {}", settings.host, settings.port, exc)
+            return 1
+        return 0
+    services = open_services(settings)
+    if args.command == "token":
+        from server.auth import create_token
+
+        print(create_token(services.engine, args.scope, args.name, args.tenant))
+    elif args.command == "flow-run":
+        print(_create_run(services, args))
+    elif args.command == "seed":
+        from server.seed import seed_flow_runs
+
+        print(json.dumps(seed_flow_runs(services.engine, args.runs, due=args.due)))
+    return 0
+
+
+def _create_run(services: Any, args: argparse.Namespace) -> str:
+    from server.context import RequestContext
+    from server.errors import ApiError
+    from server.resolvers.runs import create_flow_run
+
+    run_input: dict[str, Any] = {"flow_id": args.flow_id, "flow_run_name": args.name}
+    if args.parameters:
+        run_input["parameters"] = json.loads(args.parameters)
+    if args.labels is not None:
+        run_input["labels"] = args.labels
+    try:
+        return create_flow_run(RequestContext(services), run_input)
+    except ApiError as exc:
+        raise ValueError(exc.message) from exc

@@ -1,0 +1,86 @@
+"""Per-process services and the per-request context every resolver receives as `info.context`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import ColumnElement, Connection, Engine, FromClause, true
+
+from server import db
+from server.errors import ForbiddenError
+from server.events import QueueEvents
+from server.settings import ServerSettings
+
+SCOPES = ("RUNNER", "USER")
+
+
+@dataclass
+class Services:
+    """Shared by all requests of one server process."""
+
+    settings: ServerSettings
+    engine: Engine
+    events: QueueEvents = field(default_factory=QueueEvents)
+
+
+@dataclass
+class RequestContext:
+    """Identity and database access for one GraphQL request.
+
+    `tenant_id` is set in token mode (every query is then scoped to it) and None with `--auth none`, where the
+    API is unscoped like Prefect Server. `scope` is None with `--auth none` (everything allowed).
+    """
+
+    services: Services
+    tenant_id: str | None = None
+    scope: str | None = None
+    agent_id: str | None = None
+    core_version: str | None = None
+    share_reads: bool = False
+    _stack: ExitStack = field(default_factory=ExitStack)
+    _conn: Connection | None = None
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.services.settings
+
+    @property
+    def engine(self) -> Engine:
+        return self.services.engine
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """Reads of a query operation share one snapshot; a mutation's reads each open their own."""
+        if not self.share_reads:
+            with db.read_tx(self.engine) as conn:
+                yield conn
+            return
+        if self._conn is None:
+            self._conn = self._stack.enter_context(db.read_tx(self.engine))
+        yield self._conn
+
+    def write(self) -> AbstractContextManager[Connection]:
+        return db.write_tx(self.engine)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def require(self, scope: str, operation: str) -> None:
+        """USER may do everything RUNNER may; with --auth none there are no scopes."""
+        if self.scope is None or SCOPES.index(self.scope) >= SCOPES.index(scope):
+            return
+        raise ForbiddenError(
+            f"FORBIDDEN: {operation} needs an API token with scope {scope} (this one is {self.scope})."
+        )
+
+    def scoped(self, source: FromClause) -> ColumnElement[bool]:
+        """The tenant condition for a table (or alias) that has a tenant_id column."""
+        if self.tenant_id is None or "tenant_id" not in source.c:
+            return true()
+        return source.c.tenant_id == self.tenant_id
+
+    def tenant_for(self, requested: str | None) -> str | None:
+        """The tenant an action works in: the token's, else the one the client named."""
+        return self.tenant_id or requested

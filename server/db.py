@@ -1,0 +1,374 @@
+"""SQLAlchemy tables, engine set-up and the migration path.
+
+Storage is SQLAlchemy Core on any SQLAlchemy URL; SQLite (the default) gets WAL mode and a busy timeout so
+that concurrent writers - threads of one server or several server processes on one file - wait instead of
+failing, and every write transaction starts with `BEGIN IMMEDIATE` so a read-then-update never needs a lock
+upgrade (the classic SQLITE_BUSY_SNAPSHOT trap). Exactly-once claiming does not rely on that lock alone: state
+updates are conditional UPDATEs on the version read (see `server.states`), which also holds on PostgreSQL.
+
+Migrations: the `schema_version` table holds one row per applied step. A fresh database gets the current
+schema from `metadata.create_all` and is stamped with `LATEST_VERSION`; an existing database at version k runs
+the steps k+1..LATEST from `MIGRATIONS`, each in its own transaction. To change the schema: edit the tables
+below AND append a step (e.g. `ALTER TABLE ... ADD COLUMN`) with the next number.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: one representation on every backend, sortable in SQLite."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+JsonType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+Id = String(36)
+
+metadata = MetaData()
+
+
+def _id() -> Column[str]:
+    return Column("id", Id, primary_key=True)
+
+
+def _created() -> Column[datetime]:
+    return Column("created", UTCDateTime, nullable=False, default=lambda: utcnow())
+
+
+tenant = Table(
+    "tenant", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("slug", String(255), nullable=False, unique=True),
+    _created(),
+)
+
+api_token = Table(
+    "api_token", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("last_used", UTCDateTime),
+    _created(),
+)
+
+project = Table(
+    "project", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text),
+    _created(),
+    UniqueConstraint("tenant_id", "name", name="uq_project_tenant_name"),
+)
+
+flow_group = Table(
+    "flow_group", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("name", Text),
+    Column("idempotency_key", Text),
+    Column("labels", JsonType),
+    Column("run_config", JsonType),
+    Column("default_parameters", JsonType),
+    Column("settings", JsonType),
+    Column("schedule_active", Boolean, nullable=False, default=False),
+    _created(),
+)
+
+flow = Table(
+    "flow", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("project_id", Id, ForeignKey("project.id"), nullable=False),
+    Column("flow_group_id", Id, ForeignKey("flow_group.id"), nullable=False),
+    Column("version_group_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("core_version", String(64)),
+    Column("description", Text),
+    Column("storage", JsonType),
+    Column("environment", JsonType),
+    Column("run_config", JsonType),
+    Column("parameters", JsonType),
+    Column("serialized_flow", JsonType),
+    Column("settings", JsonType),
+    Column("archived", Boolean, nullable=False, default=False),
+    _created(),
+    Index("ix_flow_project_name", "project_id", "name"),
+    Index("ix_flow_version_group", "tenant_id", "version_group_id"),
+)
+
+task = Table(
+    "task", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("flow_id", Id, ForeignKey("flow.id"), nullable=False),
+    Column("slug", Text, nullable=False),
+    Column("name", Text),
+    Column("type", Text),
+    Column("cache_key", Text),
+    _created(),
+    UniqueConstraint("flow_id", "slug", name="uq_task_flow_slug"),
+)
+
+edge = Table(
+    "edge", metadata, _id(),
+    Column("flow_id", Id, ForeignKey("flow.id"), nullable=False, index=True),
+    Column("upstream_task_id", Id, ForeignKey("task.id"), nullable=False),
+    Column("downstream_task_id", Id, ForeignKey("task.id"), nullable=False),
+    Column("key", Text),
+    Column("mapped", Boolean, nullable=False, default=False),
+)
+
+_RUN_STATE_COLUMNS = (
+    "version", "state", "serialized_state", "state_start_time", "state_timestamp", "state_message",
+)
+
+flow_run = Table(
+    "flow_run", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("flow_id", Id, ForeignKey("flow.id"), nullable=False),
+    Column("name", Text),
+    Column("version", Integer, nullable=False, default=0),
+    Column("state", String(32)),
+    Column("serialized_state", JsonType),
+    Column("state_start_time", UTCDateTime),
+    Column("state_timestamp", UTCDateTime),
+    Column("state_message", Text),
+    Column("scheduled_start_time", UTCDateTime, nullable=False),
+    Column("start_time", UTCDateTime),
+    Column("end_time", UTCDateTime),
+    Column("heartbeat", UTCDateTime),
+    Column("parameters", JsonType),
+    Column("context", JsonType),
+    Column("labels", JsonType, nullable=False),
+    Column("run_config", JsonType),
+    Column("agent_id", Id),
+    Column("idempotency_key", Text),
+    Column("times_resurrected", Integer, nullable=False, default=0),
+    _created(),
+    # The queue index: one range scan per queue state, already in state_start_time order.
+    Index("ix_flow_run_queue", "tenant_id", "state", "state_start_time"),
+    Index("ix_flow_run_idempotency", "flow_id", "idempotency_key"),
+    Index("ix_flow_run_heartbeat", "state", "heartbeat"),
+)
+
+task_run = Table(
+    "task_run", metadata, _id(),
+    Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),
+    Column("flow_run_id", Id, ForeignKey("flow_run.id"), nullable=False),
+    Column("task_id", Id, ForeignKey("task.id"), nullable=False),
+    Column("map_index", Integer, nullable=False, default=-1),
+    Column("name", Text),
+    Column("version", Integer, nullable=False, default=0),
+    Column("state", String(32)),
+    Column("serialized_state", JsonType),
+    Column("state_start_time", UTCDateTime),
+    Column("state_timestamp", UTCDateTime),
+    Column("state_message", Text),
+    Column("cache_key", Text),
+    Column("heartbeat", UTCDateTime),
+    _created(),
+    UniqueConstraint("flow_run_id", "task_id", "map_index", name="uq_task_run_identity"),
+    Index("ix_task_run_queue", "tenant_id", "state", "state_start_time"),
+    Index("ix_task_run_task_state", "task_id", "state", "state_timestamp"),
+    Index("ix_task_run_cache_key", "cache_key", "state"),
+)
+
+
+def _state_history(name: str, parent: str) -> Table:
+    return Table(
+        name, metadata, _id(),
+        Column("tenant_id", Id, nullable=False),
+        Column(f"{parent}_id", Id, ForeignKey(f"{parent}.id"), nullable=False, index=True),
+        Column("version", Integer, nullable=False),
+        Column("state", String(32), nullable=False),
+        Column("serialized_state", JsonType),
+        Column("start_time", UTCDateTime),
+        Column("message", Text),
+        Column("timestamp", UTCDateTime, nullable=False),
+    )
+
+
+flow_run_state = _state_history("flow_run_state", "flow_run")
+task_run_state = _state_history("task_run_state", "task_run")
+
+log = Table(
+    "log", metadata, _id(),
+    Column("tenant_id", Id, nullable=False),
+    Column("flow_run_id", Id, ForeignKey("flow_run.id"), nullable=False),
+    Column("task_run_id", Id),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("name", Text),
+    Column("level", String(16)),
+    Column("message", Text),
+    Column("info", JsonType),
+    _created(),
+    Index("ix_log_flow_run_time", "flow_run_id", "timestamp"),
+)
+
+agent = Table(
+    "agent", metadata, _id(),
+    Column("tenant_id", Id, nullable=False),
+    Column("name", Text),
+    Column("type", Text),
+    Column("core_version", String(64)),
+    Column("labels", JsonType, nullable=False),
+    Column("agent_config_id", Id),
+    Column("last_queried", UTCDateTime),
+    _created(),
+)
+
+agent_config = Table(
+    "agent_config", metadata, _id(),
+    Column("tenant_id", Id, nullable=False),
+    Column("name", Text),
+    Column("settings", JsonType, nullable=False),
+    _created(),
+)
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied", UTCDateTime, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------- engine
+
+
+def create_db_engine(url: str, *, pool_size: int = 16, busy_timeout_ms: int = 30_000) -> Engine:
+    """An engine whose SQLite connections use WAL + busy_timeout and explicit BEGIN (see module doc)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    database = parsed.database or ""
+    if database and database != ":memory:":
+        from pathlib import Path
+
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, connect_args={"check_same_thread": False}
+    )
+    _install_sqlite_hooks(engine, busy_timeout_ms)
+    return engine
+
+
+def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    """A short read transaction (concurrent with writers under WAL)."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: takes SQLite's write lock up front, waiting up to busy_timeout for it."""
+    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
+        yield conn
+
+
+# ---------------------------------------------------------------- migrations
+
+Migration = Callable[[Connection], None]
+# Append (version, step) pairs here; never edit a released step. Version 1 is the first release's schema.
+MIGRATIONS: list[tuple[int, Migration]] = []
+LATEST_VERSION = 1
+
+
+def current_version(conn: Connection) -> int:
+    return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+
+
+def migrate(engine: Engine) -> int:
+    """Create or upgrade the schema; safe when several processes start at once on one database."""
+    with write_tx(engine) as conn:
+        schema_version.create(conn, checkfirst=True)
+        version = current_version(conn)
+        if version == 0:
+            metadata.create_all(conn)
+            conn.execute(schema_version.insert().values(version=LATEST_VERSION, applied=utcnow()))
+            return LATEST_VERSION
+    for step_version, step in MIGRATIONS:
+        if step_version <= version:
+            continue
+        with write_tx(engine) as conn:
+            if current_version(conn) >= step_version:
+                continue
+            step(conn)
+            conn.execute(schema_version.insert().values(version=step_version, applied=utcnow()))
+    return max([version, *[v for v, _ in MIGRATIONS]])
+
+
+def ensure_default_tenant(engine: Engine) -> str:
+    """Prefect clients need >= 1 tenant (`tenant[0].id`); the first start creates `default`."""
+    with write_tx(engine) as conn:
+        row = conn.execute(select(tenant.c.id).order_by(tenant.c.created, tenant.c.id).limit(1)).first()
+        if row is not None:
+            return row.id
+        tenant_id = new_id()
+        conn.execute(tenant.insert().values(id=tenant_id, name="default", slug="default", created=utcnow()))
+        return tenant_id

@@ -1,0 +1,138 @@
+"""Hasura-style read fields (tenant, project, flow, flow_run, task_run, log, ...) and nested relationships.
+
+Top-level resolvers return plain dicts (one per row); relationship fields load lazily through the request's
+shared read snapshot, so a query sees one consistent database state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphql import GraphQLResolveInfo
+from sqlalchemy import ColumnElement, select
+
+from server import __version__, db
+from server.context import RequestContext
+from server.errors import ApiError, NotFoundError
+from server.filters import SPECS, order_clauses, where_clause
+
+Row = dict[str, Any]
+
+
+def ctx_of(info: GraphQLResolveInfo) -> RequestContext:
+    return info.context  # type: ignore[no-any-return]
+
+
+def list_rows(
+    ctx: RequestContext,
+    kind: str,
+    where: dict[str, Any] | None = None,
+    order_by: list[dict[str, str]] | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+    extra: ColumnElement[bool] | None = None,
+) -> list[Row]:
+    """Rows of one table, tenant-scoped, filtered, ordered (then by creation, for a stable order)."""
+    if (limit is not None and limit < 0) or (offset is not None and offset < 0):
+        raise ApiError("limit and offset must not be negative.")
+    table = SPECS[kind].table
+    stmt = select(table).where(ctx.scoped(table), where_clause(kind, table, where))
+    if extra is not None:
+        stmt = stmt.where(extra)
+    stmt = stmt.order_by(*order_clauses(table, order_by), table.c.created, table.c.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
+    with ctx.read() as conn:
+        return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def get_row(ctx: RequestContext, kind: str, row_id: str | None) -> Row | None:
+    if row_id is None:
+        return None
+    table = SPECS[kind].table
+    with ctx.read() as conn:
+        row = conn.execute(select(table).where(table.c.id == row_id, ctx.scoped(table))).first()
+    return None if row is None else dict(row._mapping)
+
+
+def _lister(kind: str) -> Any:
+    def resolve(_obj: Any, info: GraphQLResolveInfo, **args: Any) -> list[Row]:
+        return list_rows(ctx_of(info), kind, **args)
+
+    return resolve
+
+
+def _by_pk(kind: str) -> Any:
+    def resolve(_obj: Any, info: GraphQLResolveInfo, id: str) -> Row | None:
+        return get_row(ctx_of(info), kind, id)
+
+    return resolve
+
+
+def _parent(kind: str, key: str) -> Any:
+    def resolve(obj: Row, info: GraphQLResolveInfo) -> Row | None:
+        return get_row(ctx_of(info), kind, obj.get(key))
+
+    return resolve
+
+
+def resolve_task_runs(obj: Row, info: GraphQLResolveInfo, **args: Any) -> list[Row]:
+    extra = db.task_run.c.flow_run_id == obj["id"]
+    args.setdefault("order_by", [{"map_index": "asc"}])
+    return list_rows(ctx_of(info), "task_run", extra=extra, **args)
+
+
+def resolve_tasks(obj: Row, info: GraphQLResolveInfo, where: dict[str, Any] | None = None) -> list[Row]:
+    return list_rows(ctx_of(info), "task", where=where, extra=db.task.c.flow_id == obj["id"])
+
+
+def resolve_hello(_obj: Any, _info: GraphQLResolveInfo) -> str:
+    return "👋"
+
+
+def resolve_api(_obj: Any, _info: GraphQLResolveInfo) -> Row:
+    return {
+        "backend": "SERVER", "mode": "normal", "version": __version__, "core_version": "1.4.1",
+        "release_timestamp": None, "capabilities": ["long_poll"],
+    }
+
+
+def resolve_auth_info(_obj: Any, info: GraphQLResolveInfo) -> Row:
+    ctx = ctx_of(info)
+    if ctx.tenant_id is not None:
+        return {"tenant_id": ctx.tenant_id, "api_token_scope": ctx.scope}
+    first = list_rows(ctx, "tenant", limit=1)
+    return {"tenant_id": first[0]["id"] if first else None, "api_token_scope": None}
+
+
+def resolve_get_task_run_info(_obj: Any, info: GraphQLResolveInfo, task_run_id: str) -> Row:
+    row = get_row(ctx_of(info), "task_run", task_run_id)
+    if row is None:
+        raise NotFoundError(f"Task run {task_run_id} not found.")
+    return row
+
+
+def resolve_settings(obj: Row, _info: GraphQLResolveInfo, path: str | None = None) -> Any:
+    """`null` here silently disables flow-run heartbeats in the 1.4.1 runner, so never return it."""
+    return obj.get("settings") or {}
+
+
+RESOLVERS: dict[str, Any] = {
+    "Query.hello": resolve_hello,
+    "Query.api": resolve_api,
+    "Query.auth_info": resolve_auth_info,
+    "Query.get_task_run_info": resolve_get_task_run_info,
+    **{f"Query.{kind}": _lister(kind) for kind in (
+        "tenant", "project", "flow", "flow_run", "task_run", "agent_config", "log")},
+    **{f"Query.{kind}_by_pk": _by_pk(kind) for kind in ("flow", "flow_run", "task_run")},
+    "flow_run.flow": _parent("flow", "flow_id"),
+    "flow_run.task_runs": resolve_task_runs,
+    "task_run.flow_run": _parent("flow_run", "flow_run_id"),
+    "task_run.task": _parent("task", "task_id"),
+    "flow.project": _parent("project", "project_id"),
+    "flow.tasks": resolve_tasks,
+    "flow.settings": resolve_settings,
+    "agent_config.settings": resolve_settings,
+}

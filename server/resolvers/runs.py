@@ -1,0 +1,256 @@
+"""Flow-run and task-run mutations other than state updates (contract §3.5, §3.7-§3.10, §4.6)."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+from typing import Any
+
+from graphql import GraphQLResolveInfo
+from sqlalchemy import Connection, select, update
+from sqlalchemy.exc import IntegrityError
+
+from server import db
+from server.context import RequestContext
+from server.errors import ApiError, NotFoundError
+from server.resolvers.read import ctx_of
+from server.states import FINISHED_STATES, Change, cascade_cancelled, scheduled_state, write_state
+
+SUCCESS = {"success": True, "error": None}
+PENDING = {"type": "Pending", "message": "Task run created"}
+_ADJECTIVES = ("amber", "brisk", "calm", "daring", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly",
+               "keen", "lively", "mellow", "nimble", "proud", "quiet", "rapid", "shiny", "tidy", "vivid")
+_NOUNS = ("badger", "bison", "crane", "dingo", "eagle", "ferret", "gecko", "heron", "ibis", "jackal",
+          "koala", "lemur", "marten", "newt", "otter", "puffin", "quail", "raven", "stoat", "tapir")
+
+
+def _random_name() -> str:
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}"
+
+
+def _select_flow(conn: Connection, ctx: RequestContext, args: dict[str, Any]) -> Any:
+    flow = db.flow
+    if args.get("flow_id"):
+        row = conn.execute(select(flow).where(flow.c.id == args["flow_id"], ctx.scoped(flow))).first()
+        if row is None:
+            raise NotFoundError(f"Flow {args['flow_id']} not found.")
+        if row.archived:
+            raise ApiError(f"Flow {row.id} is archived.")
+        return row
+    if args.get("version_group_id"):
+        row = conn.execute(select(flow).where(
+            flow.c.version_group_id == args["version_group_id"], flow.c.archived.is_(False), ctx.scoped(flow)
+        ).order_by(flow.c.version.desc()).limit(1)).first()
+        if row is None:
+            raise NotFoundError(f"No unarchived flow found in version group {args['version_group_id']}.")
+        return row
+    raise ApiError("Either flow_id or version_group_id must be provided.")
+
+
+def _labels_of(config: Any) -> list[str] | None:
+    labels = config.get("labels") if isinstance(config, dict) else None
+    return labels if isinstance(labels, list) else None
+
+
+def pick_labels(args: dict[str, Any], group: Any, flow: Any) -> list[str]:
+    """The first present of: input labels, input run_config, flow group, group run_config, flow (§4.6)."""
+    candidates = (args.get("labels"), _labels_of(args.get("run_config")), group.labels,
+                  _labels_of(group.run_config), _labels_of(flow.run_config), _labels_of(flow.environment))
+    for labels in candidates:
+        if labels is not None:
+            return sorted(str(label) for label in labels)
+    return []
+
+
+def pick_parameters(args: dict[str, Any], group: Any, flow: Any) -> dict[str, Any]:
+    declared = [p for p in (flow.parameters or []) if isinstance(p, dict) and isinstance(p.get("name"), str)]
+    given = args.get("parameters")
+    if given is not None and not isinstance(given, dict):
+        raise ApiError("parameters must be a JSON object.")
+    params = {p["name"]: p["default"] for p in declared if p.get("default")}
+    params.update(group.default_parameters or {})
+    params.update(given or {})
+    missing = {p["name"] for p in declared if p.get("required")} - params.keys()
+    if missing:
+        raise ApiError(f"Required parameters were not supplied: {sorted(missing)}")
+    return params
+
+
+def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
+    """Insert at version 0, pre-create one Pending task run per task, then Scheduled (version 1)."""
+    for key in ("context", "run_config"):
+        if args.get(key) is not None and not isinstance(args[key], dict):
+            raise ApiError(f"{key} must be a JSON object.")
+    with ctx.write() as conn:
+        flow = _select_flow(conn, ctx, args)
+        key = args.get("idempotency_key")
+        if key:
+            existing = conn.execute(select(db.flow_run.c.id).where(
+                db.flow_run.c.flow_id == flow.id, db.flow_run.c.idempotency_key == key)).scalar()
+            if existing:
+                return existing  # type: ignore[no-any-return]
+        group = conn.execute(select(db.flow_group).where(db.flow_group.c.id == flow.flow_group_id)).one()
+        run_id = db.new_id()
+        start: datetime = args.get("scheduled_start_time") or db.utcnow()
+        conn.execute(db.flow_run.insert().values(
+            id=run_id, tenant_id=flow.tenant_id, flow_id=flow.id,
+            name=args.get("flow_run_name") or _random_name(), version=0, scheduled_start_time=start,
+            parameters=pick_parameters(args, group, flow),
+            context=args.get("context") or {}, labels=pick_labels(args, group, flow),
+            run_config=args.get("run_config") or group.run_config or flow.run_config,
+            idempotency_key=key, times_resurrected=0, created=db.utcnow()))
+        _precreate_task_runs(conn, flow, run_id)
+        change = Change(scheduled_state(start, "Flow run scheduled."))
+        write_state(conn, db.flow_run, "flow", run_id, change, db.flow_run.c.id.is_not(None))
+    ctx.services.events.notify()
+    return run_id
+
+
+def _precreate_task_runs(conn: Connection, flow: Any, run_id: str) -> None:
+    tasks = conn.execute(select(db.task.c.id, db.task.c.cache_key).where(db.task.c.flow_id == flow.id)).all()
+    now = db.utcnow()
+    rows = [{
+        "id": db.new_id(), "tenant_id": flow.tenant_id, "flow_run_id": run_id, "task_id": t.id,
+        "map_index": -1, "version": 0, "state": "Pending", "serialized_state": PENDING,
+        "state_timestamp": now, "state_message": PENDING["message"], "cache_key": t.cache_key, "created": now,
+    } for t in tasks]
+    if rows:
+        conn.execute(db.task_run.insert(), rows)
+
+
+def resolve_create_flow_run(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
+    return {"id": create_flow_run(ctx_of(info), input)}
+
+
+def _cancel_state(kind: str) -> dict[str, Any]:
+    message = "Flow run is cancelling" if kind == "Cancelling" else "Flow run is cancelled"
+    return {"type": kind, "message": message, "context": {}, "cached_inputs": {},
+            "_result": {"type": "NoResultType", "__version__": "1.4.1"}, "__version__": "1.4.1"}
+
+
+def resolve_cancel_flow_run(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
+    """Running -> Cancelling (the runner stops itself); not finished -> Cancelled; finished -> unchanged."""
+    ctx, run_id = ctx_of(info), input["flow_run_id"]
+    with ctx.write() as conn:
+        stmt = select(db.flow_run).where(db.flow_run.c.id == run_id, ctx.scoped(db.flow_run))
+        row = conn.execute(stmt).first()
+        if row is None:
+            raise NotFoundError(f"Flow run {run_id} not found.")
+        if row.state in FINISHED_STATES or row.state == "Cancelling":
+            return {"state": row.state}
+        target = "Cancelling" if row.state == "Running" else "Cancelled"
+        write_state(conn, db.flow_run, "flow", run_id, Change(_cancel_state(target)), ctx.scoped(db.flow_run))
+        if target == "Cancelled":
+            cascade_cancelled(conn, run_id, _cancel_state(target))
+    return {"state": target}
+
+
+def _rename(kind: str) -> Any:
+    table = db.flow_run if kind == "flow_run" else db.task_run
+
+    def resolve(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
+        ctx, run_id = ctx_of(info), input[f"{kind}_id"]
+        name = input["name"]
+        if not name.strip() or len(name) > 1000:
+            raise ApiError("name must be a non-empty string of at most 1000 characters.")
+        with ctx.write() as conn:
+            stmt = update(table).where(table.c.id == run_id, ctx.scoped(table)).values(name=name)
+            if conn.execute(stmt).rowcount == 0:
+                raise NotFoundError(f"{kind.replace('_', ' ').capitalize()} {run_id} not found.")
+        return SUCCESS
+
+    return resolve
+
+
+def _heartbeat(kind: str) -> Any:
+    table = db.flow_run if kind == "flow_run" else db.task_run
+
+    def resolve(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
+        ctx, run_id = ctx_of(info), input[f"{kind}_id"]
+        with ctx.write() as conn:
+            stmt = update(table).where(table.c.id == run_id, ctx.scoped(table)).values(heartbeat=db.utcnow())
+            if conn.execute(stmt).rowcount == 0:
+                raise NotFoundError(f"{kind.replace('_', ' ').capitalize()} {run_id} not found.")
+        return SUCCESS
+
+    return resolve
+
+
+def get_or_create_task_run(
+    ctx: RequestContext, flow_run_id: str, task_id: str, map_index: int
+) -> dict[str, Any]:
+    """Mapped children (map_index >= 0) are created on demand, Pending at version 0."""
+    for _ in range(3):
+        try:
+            with ctx.write() as conn:
+                return _get_or_create(conn, ctx, flow_run_id, task_id, map_index)
+        except IntegrityError:
+            continue  # a concurrent creator won; read its row
+    raise ApiError("Could not create the task run; try again.")
+
+
+def _get_or_create(
+    conn: Connection, ctx: RequestContext, flow_run_id: str, task_id: str, map_index: int
+) -> Any:
+    run = conn.execute(select(db.flow_run.c.flow_id, db.flow_run.c.tenant_id).where(
+        db.flow_run.c.id == flow_run_id, ctx.scoped(db.flow_run))).first()
+    if run is None:
+        raise NotFoundError(f"Flow run {flow_run_id} not found.")
+    task = conn.execute(select(db.task.c.cache_key).where(
+        db.task.c.id == task_id, db.task.c.flow_id == run.flow_id)).first()
+    if task is None:
+        raise ApiError("Invalid task ID.")
+    tr = db.task_run
+    where = (tr.c.flow_run_id == flow_run_id, tr.c.task_id == task_id, tr.c.map_index == map_index)
+    row = conn.execute(select(tr).where(*where)).first()
+    if row is None:
+        now = db.utcnow()
+        conn.execute(tr.insert().values(
+            id=db.new_id(), tenant_id=run.tenant_id, flow_run_id=flow_run_id, task_id=task_id,
+            map_index=map_index, version=0, state="Pending", serialized_state=PENDING, state_timestamp=now,
+            state_message=PENDING["message"], cache_key=task.cache_key, created=now))
+        row = conn.execute(select(tr).where(*where)).one()
+    return dict(row._mapping)
+
+
+def resolve_get_or_create_task_run_info(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> Any:
+    map_index = input.get("map_index")
+    return get_or_create_task_run(ctx_of(info), input["flow_run_id"], input["task_id"],
+                                  -1 if map_index is None else map_index)
+
+
+def _log_row(item: dict[str, Any], tenants: dict[str, str]) -> dict[str, Any]:
+    level = item.get("level")
+    return {
+        "id": db.new_id(), "tenant_id": tenants[item["flow_run_id"]], "flow_run_id": item["flow_run_id"],
+        "task_run_id": item.get("task_run_id"), "timestamp": item.get("timestamp") or db.utcnow(),
+        "name": item.get("name"), "level": (level or "INFO").upper()[:16], "message": item.get("message"),
+        "info": item.get("info"), "created": db.utcnow(),
+    }
+
+
+def resolve_write_run_logs(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
+    """All-or-nothing: a log naming an unknown flow run rejects the batch."""
+    ctx, logs = ctx_of(info), input["logs"]
+    run_ids = {item["flow_run_id"] for item in logs}
+    with ctx.write() as conn:
+        tenants = dict(conn.execute(select(db.flow_run.c.id, db.flow_run.c.tenant_id).where(
+            db.flow_run.c.id.in_(run_ids), ctx.scoped(db.flow_run))).all())
+        unknown = sorted(run_ids - tenants.keys())
+        if unknown:
+            raise NotFoundError(f"Flow run {unknown[0]} not found.")
+        if logs:
+            conn.execute(db.log.insert(), [_log_row(item, tenants) for item in logs])
+    return SUCCESS
+
+
+RESOLVERS: dict[str, Any] = {
+    "Mutation.create_flow_run": resolve_create_flow_run,
+    "Mutation.cancel_flow_run": resolve_cancel_flow_run,
+    "Mutation.set_flow_run_name": _rename("flow_run"),
+    "Mutation.set_task_run_name": _rename("task_run"),
+    "Mutation.update_flow_run_heartbeat": _heartbeat("flow_run"),
+    "Mutation.update_task_run_heartbeat": _heartbeat("task_run"),
+    "Mutation.get_or_create_task_run_info": resolve_get_or_create_task_run_info,
+    "Mutation.write_run_logs": resolve_write_run_logs,
+}

@@ -1,0 +1,190 @@
+"""Build the images tests need: offline from host-built wheels on our machines, from PyPI everywhere else.
+
+Our CI machines have no registry and no PyPI inside containers, but they carry a local base image
+(`local/python:3.11-slim`). When it exists, requirements are turned into wheels on the host (`pip wheel`, same
+Python minor version as the image) and the build runs with `--build-arg PIP_NO_INDEX=1`; otherwise the
+Dockerfile's own defaults (python:3.12-slim, PyPI) apply, exactly as a user would build it.
+
+A build is skipped when an image with the tag exists and carries the content-hash label of the same inputs, so
+the second test session costs nothing. The build context is a tar assembled here (only the paths that matter),
+which keeps `.venv/`, `.cache/` and `.git/` out of the daemon upload regardless of any `.dockerignore`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.utils import build as docker_build
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES_DIR = REPO_ROOT / "examples"
+FLOW_IMAGE = "local-agent-example-flow:1.4.1"
+#: What the flow image and the test virtualenv install: marshmallow 4 breaks Prefect 1.x serialization.
+PREFECT_REQUIREMENTS = ("prefect==1.4.1", "marshmallow<4")
+LOCAL_BASE_IMAGE = "local/python:3.11-slim"
+HASH_LABEL = "io.local-agent.content-hash"
+ALWAYS_EXCLUDED = (
+    ".git", ".venv", ".cache", "**/__pycache__", "**/*.pyc", ".pytest_cache", ".ruff_cache", "**/*.egg-info",
+)
+
+
+class ImageBuildError(RuntimeError):
+    """The daemon reported an error in the build stream; the message carries the tail of the build log."""
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock, so concurrent sessions (or xdist workers) do one-time work only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def offline_mode(client: docker.DockerClient) -> bool:
+    """Our offline machines are recognised by their local base image."""
+    try:
+        client.images.get(LOCAL_BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def ensure_wheels(requirements: Sequence[str], wheels_dir: Path) -> None:
+    """`pip wheel` the requirements into wheels_dir once; a stamp named after the set marks it done.
+
+    The host Python must match the image's minor version (3.11 here) for binary wheels to install.
+    """
+    if not requirements:
+        return
+    key = hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:16]
+    stamp = wheels_dir / f".requirements-{key}"
+    with file_lock(REPO_ROOT / ".cache" / "wheels.lock"):
+        if stamp.exists():
+            return
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+               "-w", str(wheels_dir), "--find-links", str(wheels_dir), *requirements]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageBuildError(f"pip wheel {requirements} failed:\n{proc.stdout}\n{proc.stderr}")
+        stamp.write_text("\n".join(requirements) + "\n")
+
+
+def context_excludes(context: Path, include: Sequence[str] | None) -> list[str]:
+    """dockerignore-style patterns: everything but `include` (if given), then .dockerignore, then junk."""
+    patterns = ["*", *(f"!{p.strip('/')}" for p in include)] if include is not None else []
+    ignore_file = context / ".dockerignore"
+    if ignore_file.exists():
+        lines = (line.strip() for line in ignore_file.read_text().splitlines())
+        patterns += [line for line in lines if line and not line.startswith("#")]
+    return [*patterns, *ALWAYS_EXCLUDED]
+
+
+def content_hash(context: Path, files: Iterable[str], extra: Mapping[str, object]) -> str:
+    """Hash of the context files (wheels excluded: the requirement list stands for them) and build inputs."""
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for rel in sorted(files):
+        path = context / rel
+        if rel.startswith("wheels/") or rel in ("wheels", ".dockerignore") or not path.is_file():
+            continue
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _existing(client: docker.DockerClient, tag: str) -> tuple[str | None, str | None]:
+    """(image id, content hash label) of the image currently tagged `tag`."""
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None, None
+    return image.id, (image.labels or {}).get(HASH_LABEL)
+
+
+def _drop_superseded(client: docker.DockerClient, old_id: str | None, tag: str) -> None:
+    """Remove the image a rebuild untagged, so repeated edits don't pile up dangling images.
+
+    A container still using it (another session's) makes the daemon refuse; that image then stays.
+    """
+    if old_id is None or client.images.get(tag).id == old_id:
+        return
+    try:
+        client.images.remove(old_id)
+    except docker.errors.APIError:
+        pass
+
+
+def _stream_build(client: docker.DockerClient, fileobj: io.BytesIO, **kwargs: object) -> None:
+    """Run a build and raise on the first `error` in the stream (the API call itself returns 200 anyway)."""
+    log: list[str] = []
+    for chunk in client.api.build(fileobj=fileobj, custom_context=True, decode=True, rm=True, forcerm=True,
+                                  **kwargs):
+        if "stream" in chunk:
+            log.append(chunk["stream"])
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("error") or chunk["errorDetail"].get("message")
+            raise ImageBuildError(f"building {kwargs.get('tag')} failed: {detail}\n{''.join(log[-40:])}")
+
+
+def build_image(
+    *,
+    context: Path,
+    dockerfile: Path | None,
+    tag: str,
+    target: str | None = None,
+    wheel_requirements: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    include: Sequence[str] | None = None,
+    client: docker.DockerClient | None = None,
+) -> str:
+    """Build `tag` from `context` unless an image with the same content hash exists; returns the tag.
+
+    `include` limits the context to these paths (the Dockerfile and `wheels/` are always added).
+    """
+    client = client or docker.from_env()
+    context = context.resolve()
+    dockerfile_rel = str((dockerfile or context / "Dockerfile").resolve().relative_to(context))
+    buildargs: dict[str, str] = {}
+    if offline_mode(client):
+        ensure_wheels(list(wheel_requirements), context / "wheels")
+        buildargs = {"PYTHON_IMAGE": LOCAL_BASE_IMAGE, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"}
+    if include is not None:
+        include = [*include, dockerfile_rel, "wheels"]
+    excludes = context_excludes(context, include)
+    files = docker_build.exclude_paths(str(context), list(excludes), dockerfile=dockerfile_rel)
+    digest = content_hash(context, files, {"dockerfile": dockerfile_rel, "target": target, "args": buildargs,
+                                           "requirements": list(wheel_requirements), "labels": labels})
+    with file_lock(REPO_ROOT / ".cache" / f"build-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.lock"):
+        old_id, old_hash = _existing(client, tag)
+        if old_hash == digest:
+            return tag
+        fileobj = docker_build.tar(str(context), exclude=list(excludes), dockerfile=(dockerfile_rel, None))
+        _stream_build(client, fileobj, tag=tag, dockerfile=dockerfile_rel, target=target, buildargs=buildargs,
+                      labels={**(labels or {}), HASH_LABEL: digest})
+        _drop_superseded(client, old_id, tag)
+    return tag
+
+
+def build_flow_image(client: docker.DockerClient | None = None) -> str:
+    """The example flow image (Prefect 1.4.1 + examples/flows), rebuilt only when its inputs changed."""
+    return build_image(
+        context=REPO_ROOT,
+        dockerfile=EXAMPLES_DIR / "Dockerfile",
+        tag=FLOW_IMAGE,
+        wheel_requirements=list(PREFECT_REQUIREMENTS),
+        include=["examples/flows", "examples/register.py"],
+        labels={"io.local-agent.image": "example-flow"},
+        client=client,
+    )
