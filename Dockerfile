@@ -97,6 +97,9 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
 #   docker run --user 10001 --group-add "$(stat -c %g /var/run/docker.sock)" ...
 FROM runtime AS agent
 COPY --from=venv-agent /opt/venv /opt/venv
+# The health server (/api/health, /ready) on all interfaces of the container: HEALTHCHECK and orchestrator probes
+# reach it; nothing publishes it unless you do.
+ENV PREFECT__CLOUD__AGENT__HEALTH_ADDRESS=0.0.0.0:8080
 EXPOSE 8080
 ENTRYPOINT ["tini", "-s", "--", "local-agent"]
 CMD ["start"]

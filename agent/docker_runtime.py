@@ -358,6 +358,26 @@ class DockerRuntime:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         return text if len(text) <= max_chars else "…" + text[-max_chars:]
 
+    def events(self, labels: Mapping[str, str | None], actions: tuple[str, ...] = ("start", "die"),
+               since: int | None = None) -> Any:
+        """A blocking, decoded stream of container events for containers carrying `labels` (watcher).
+
+        Iterate it in a dedicated thread; `close()` it from any thread to end the iteration. It has no read
+        timeout (events are rare); when the daemon goes away the iteration ends or raises.
+        """
+        filters = {"type": ["container"], "event": list(actions),
+                   "label": [key if value is None else f"{key}={value}" for key, value in labels.items()]}
+        with self._errors("follow events"):
+            return self._client().api.events(since=since, filters=filters, decode=True)
+
+    def follow_logs(self, container_id: str, since: int | None = None) -> Any:
+        """A blocking stream of the container's output chunks (`--show-flow-logs`); `close()` ends it."""
+        with self._errors("follow container logs"):
+            try:
+                return self._client().api.logs(container_id, stream=True, follow=True, since=since)
+            except docker.errors.NotFound as exc:
+                raise ContainerNotFound(container_id) from exc
+
     def stop(self, container_id: str, timeout: float) -> None:
         """SIGTERM (or the STOPSIGNAL), then SIGKILL after `timeout` s; a missing container is fine."""
         with self._errors("stop a container"):

@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0)
     pull_progress_interval: PositiveFloat = 5.0
     secrets_dir: Path = DEFAULT_SECRETS_DIR
+    # Operations (issue 5): health server, watching, cancellation, heartbeats, cleanup.
+    health_address: str = Field("", pattern=r"^$|^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$")
+    docker_outage_exit_s: float = Field(300.0, ge=0)
+    show_flow_logs: bool = False
+    cancel_grace_seconds: float = Field(30.0, ge=0)
+    heartbeat_interval: PositiveFloat = 30.0
+    watch_interval: PositiveFloat = 5.0
+    keep_failed_containers_hours: float = Field(24.0, ge=0)
+    cleanup_interval: PositiveFloat = 300.0
 
     _labels = field_validator("labels", mode="before")(parse_labels)
     _env_vars = field_validator("env_vars", "container_labels", mode="before")(parse_env_vars)

@@ -1,4 +1,4 @@
-"""`python -m benchmarks run [--smoke] [--out DIR] [--systems ours,prefect]` from the repository root."""
+"""From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]` or `clean`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.config import REPO_ROOT, RESULTS_DIR, BenchConfig
+from benchmarks.config import BENCH_LABEL, REPO_ROOT, RESULTS_DIR, BenchConfig
+from benchmarks.dockerenv import docker_client
 from benchmarks.report import update_readme, write_results
 from benchmarks.runner import run
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--idle-seconds", type=float, help="override the idle window")
     cmd.add_argument("--queue-runs", type=int, help="override the number of runs in the queue-latency DB")
     cmd.add_argument("--no-image", action="store_true", help="skip building the agent image")
+    sub.add_parser("clean", help="remove the benchmark's cached images and its .cache/benchmarks directories")
     return parser
 
 
@@ -44,8 +46,21 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     return config
 
 
+def clean() -> int:
+    """Remove what the benchmark leaves behind on purpose between runs (cached images, logs)."""
+    client = docker_client()
+    for image in client.images.list(filters={"label": BENCH_LABEL}):
+        for tag in image.tags or [image.id]:
+            client.images.remove(tag, force=True)
+            print(f"removed image {tag}", file=sys.stderr)
+    shutil.rmtree(REPO_ROOT / ".cache" / "benchmarks", ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "clean":
+        return clean()
     config = _config(args)
     default = REPO_ROOT / ".cache" / "benchmarks" / "smoke" if config.smoke else RESULTS_DIR / _today()
     out_dir = (args.out or default).resolve()

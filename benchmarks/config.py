@@ -25,7 +25,7 @@ class BenchConfig:
     scheduled_runs: int = 40
     scheduled_lead_s: float = 12.0  # first due time; > the agents' 10 s prefetch so they see it coming
     scheduled_spacing_s: float = 0.5
-    immediate_runs: int = 12
+    immediate_runs: int = 15
     immediate_gap_s: tuple[float, float] = (6.0, 16.0)  # uniform random pause before each run is created
     idle_s: float = 120.0
     startup_repeats: int = 3

@@ -110,3 +110,18 @@ def test_unprivileged_agent_user_reaches_the_engine_with_the_socket_group(
         "--user", "10001", "--group-add", str(gid), "--entrypoint", "python", agent_image, "-c", probe,
     )
     assert proc.stdout.split() == ["10001", "True"], proc.stdout
+
+
+def test_agent_image_stays_small_and_carries_no_installer(
+    docker_client: docker.DockerClient, agent_image: str
+) -> None:
+    """≤ 200 MB (docs/running.md reports the size); only the venv ships: no pip, no wheels, no compiler."""
+    image = docker_client.images.get(agent_image)
+    assert image.attrs["Size"] <= 200_000_000, f"{image.attrs['Size'] / 1e6:.0f} MB"
+    assert image.attrs["Config"]["Entrypoint"][:3] == ["tini", "-s", "--"]
+    assert image.attrs["Config"]["Healthcheck"]["Test"][-2:] == ["local-agent", "check"]
+    probe = ("for p in /opt/venv/bin/pip /wheels /src /root/.cache/pip; do [ -e $p ] && echo $p; done; "
+             "command -v gcc cc; true")
+    proc = docker_run("--rm", "--label", f"{TEST_RUN_LABEL}={RUN_ID}", "--entrypoint", "sh", agent_image,
+                      "-c", probe)
+    assert proc.stdout == "", f"build leftovers in the agent image: {proc.stdout}"

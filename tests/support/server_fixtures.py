@@ -101,7 +101,7 @@ class ServerHandle:
 
     # ------------------------------------------------------------ API
     def graphql(self, query: str, variables: dict[str, Any] | None = None, token: str | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 30) -> dict[str, Any]:
+                headers: dict[str, str] | None = None, timeout: float = 45) -> dict[str, Any]:
         """POST like the Prefect client does (variables as a JSON string); returns the whole JSON body."""
         sent = {"Content-Type": "application/json", "X-PREFECT-CORE-VERSION": "1.4.1", **(headers or {})}
         if token:

@@ -1,0 +1,137 @@
+"""The agent's Prometheus metrics: one registry per process, served on `/metrics` by `agent.health`.
+
+Module-level, like prometheus-client's own idiom: the launch pipeline, the poll loop and the watcher record
+events with one line each and never need a handle passed down to them. The registry is our own (not the
+global default) so the endpoint shows only agent metrics, and tests can read the values with
+`METRICS.value(...)`. Names follow Prometheus conventions (`_total` counters, `_seconds` units) under the
+`local_agent_` namespace; reasons are small closed sets, never run ids, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from agent import __version__
+
+NAMESPACE = "local_agent"
+PULL_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+POLL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A launch failure's metric label: config | image | container | docker (closed set)."""
+    from agent.docker_types import ContainerCreateError, ImageNotFound, ImagePullError
+    from agent.launcher import LaunchError
+
+    if isinstance(exc, LaunchError):
+        return "config"
+    if isinstance(exc, ImagePullError | ImageNotFound):
+        return "image"
+    if isinstance(exc, ContainerCreateError):
+        return "container"
+    return "docker"
+
+
+def api_error_kind(exc: BaseException) -> str:
+    from agent.cloud import AuthenticationError, StateUpdateFailed, TransientApiError
+
+    if isinstance(exc, TransientApiError):
+        return "transient"
+    if isinstance(exc, AuthenticationError):
+        return "auth"
+    if isinstance(exc, StateUpdateFailed):
+        return "conflict"
+    return "other"
+
+
+class AgentMetrics:
+    """Every metric the agent exports; `METRICS` below is the process-wide instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r, ns = self.registry, NAMESPACE
+        self.info = Gauge("info", "Agent version and name (value 1).", ["version", "name"], namespace=ns,
+                          registry=r)
+        self.runs_claimed = Counter("runs_claimed", "Flow runs claimed (set Submitted).", namespace=ns,
+                                    registry=r)
+        self.runs_launched = Counter("runs_launched", "Flow-run containers created and started.",
+                                     namespace=ns, registry=r)
+        self.runs_failed = Counter(
+            "runs_failed", "Flow runs the agent marked Failed, by reason "
+            "(config, image, container, docker: launch failures; exit_code, oom_killed: the container died).",
+            ["reason"], namespace=ns, registry=r)
+        self.runs_requeued = Counter("runs_requeued", "Claimed runs put back to Scheduled, by reason.",
+                                     ["reason"], namespace=ns, registry=r)
+        self.runs_cancelled = Counter("runs_cancelled", "Containers stopped because their run was cancelled.",
+                                      namespace=ns, registry=r)
+        self.containers_running = Gauge("flow_containers_running", "Flow-run containers of this agent "
+                                        "that are running (as last seen by the watcher).", namespace=ns,
+                                        registry=r)
+        self.containers_removed = Counter("containers_removed", "Flow-run containers removed by cleanup, "
+                                          "by reason (succeeded, expired).", ["reason"], namespace=ns,
+                                          registry=r)
+        self.pull_seconds = Histogram("image_pull_seconds", "Duration of image pulls.", namespace=ns,
+                                      registry=r, buckets=PULL_BUCKETS)
+        self.poll_seconds = Histogram("poll_duration_seconds", "Duration of successful queue polls "
+                                      "(long polls included).", namespace=ns, registry=r, buckets=POLL_BUCKETS)
+        self.docker_errors = Counter("docker_errors", "Failed Docker API calls, by kind (unavailable, other).",
+                                     ["kind"], namespace=ns, registry=r)
+        self.api_errors = Counter("api_errors", "Failed GraphQL requests, by kind "
+                                  "(transient, auth, conflict, other).", ["kind"], namespace=ns, registry=r)
+        self.heartbeats = Counter("run_heartbeats", "update_flow_run_heartbeat calls sent for runs in flight.",
+                                  namespace=ns, registry=r)
+        self.last_poll = Gauge("last_successful_poll_timestamp_seconds", "Unix time of the last successful "
+                               "queue poll.", namespace=ns, registry=r)
+        self.docker_up = Gauge("docker_up", "1 while the Docker daemon answers, 0 during an outage.",
+                               namespace=ns, registry=r)
+        self.info.labels(version=__version__, name="").set(1)
+        self.docker_up.set(1)
+
+    def set_name(self, name: str) -> None:
+        self.info.clear()
+        self.info.labels(version=__version__, name=name).set(1)
+
+    def poll_succeeded(self, seconds: float) -> None:
+        self.poll_seconds.observe(seconds)
+        self.last_poll.set(time.time())
+
+    def launch_failed(self, exc: BaseException) -> None:
+        self.runs_failed.labels(reason=failure_reason(exc)).inc()
+
+    def docker_call_done(self, future: Future[Any]) -> None:
+        """Done-callback of every pooled Docker call: count the ones that failed."""
+        from agent.docker_types import DockerError, DockerUnavailable
+
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, DockerError):
+            self.docker_errors.labels(kind="unavailable" if isinstance(exc, DockerUnavailable) else "other").inc()
+
+    @contextmanager
+    def counting_api_errors(self) -> Iterator[None]:
+        """Wraps one GraphQL request; every `ApiError` leaving it is counted by kind, then re-raised."""
+        from agent.cloud import ApiError
+
+        try:
+            yield
+        except ApiError as exc:
+            self.api_errors.labels(kind=api_error_kind(exc)).inc()
+            raise
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0.0 when absent); for tests and `local-agent check` diagnostics."""
+        found = self.registry.get_sample_value(name, labels or None)
+        return float(found) if found is not None else 0.0
+
+
+METRICS = AgentMetrics()
