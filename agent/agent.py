@@ -26,11 +26,14 @@ from agent.backoff import FailureBackoff, IdleBackoff
 from agent.banner import DOCUMENTATION, print_banner
 from agent.cloud import ApiError, AuthenticationError, CloudClient, TransientApiError
 from agent.docker_runtime import DockerError, DockerRuntime, DockerUnavailable
+from agent.health import HealthServer, HealthState
 from agent.launcher import Identity, flow_api_url
 from agent.logs import configure_logging
+from agent.metrics import METRICS
 from agent.models import FlowRun, iso_now
 from agent.pipeline import Deployer
 from agent.settings import Settings, load_settings
+from agent.watcher import Watcher
 
 T = TypeVar("T")
 EXIT_OK, EXIT_STARTUP, EXIT_CONFIG, EXIT_DOCKER = 0, 1, 2, 3
@@ -66,9 +69,14 @@ class LocalAgent:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._docker_ok = True
         self._long_poll = False
+        self.health = HealthState.for_settings(settings)  # read by /api/health, /ready (agent.health)
+        self.watcher: Watcher | None = None
+        self._agent_id = ""
+        METRICS.set_name(settings.name)
         self._busy_threads = 0
         self._busy_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(settings.max_concurrent_launches + 2, thread_name_prefix="docker")
+        # + the watcher's reads and its (at most 4) concurrent stops of cancelled runs' containers
+        self._pool = ThreadPoolExecutor(settings.max_concurrent_launches + 6, thread_name_prefix="docker")
         self.runtime = DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
         self.cloud: CloudClient | None = None
         self.identity: Identity | None = None
@@ -103,19 +111,47 @@ class LocalAgent:
         logger.info("Starting LocalAgent")
         logger.info("Agent documentation can be found at {docs}", docs=DOCUMENTATION)
         self.cloud = CloudClient(self.settings.api, self.settings.token, self.settings.request_timeout)
+        health_server = await self._start_health_server()
         try:
             await self._check_docker()
             await self.cloud.connect()
             await self._interruptible(self._connect_backend())
+            await self._interruptible(self._start_watcher())
+            self.health.running()
             logger.info("Waiting for flow runs...")
             await self._poll_until_stopped()
         except _Stopped:
             pass
         finally:
+            self.health.phase = "stopping"
             await self._drain()
+            if self.watcher is not None:
+                await self.watcher.stop()  # flow containers keep running; the next start adopts them
             await self.cloud.close()
             await self._call(self.runtime.close)
+            if health_server is not None:
+                await health_server.stop()
             logger.info("Agent stopped")
+
+    async def _start_health_server(self) -> HealthServer | None:
+        if not self.settings.health_address:
+            return None
+        server = HealthServer(self.health, self.settings.health_address)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(f"cannot serve health checks on {self.settings.health_address}: {exc}",
+                               EXIT_CONFIG) from exc
+        return server
+
+    async def _start_watcher(self) -> None:
+        """Watch launched containers (exits, cancellation, cleanup), after recovering what a last run left."""
+        assert self.cloud is not None and self._deployer is not None
+        self.watcher = Watcher(
+            self.settings, self.cloud, self.runtime, self._call, agent_name=self.settings.name,
+            agent_id=self._agent_id, on_docker_down=self._docker_down, busy=lambda: set(self._inflight))
+        self._deployer.on_launched = self.watcher.watch
+        await self.watcher.start()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
@@ -159,6 +195,7 @@ class LocalAgent:
                 )
                 await self._sleep(delay)
         self.cloud.set_agent_id(agent_id)
+        self._agent_id = agent_id
         await self.cloud.hello()
         logger.info("Agent successfully connected to Prefect Cloud at {url}", url=self.settings.api)
         self._long_poll = "long_poll" in await self.cloud.capabilities()
@@ -177,7 +214,7 @@ class LocalAgent:
             labels=list(self.settings.labels),
             tenant_id=tenant_id,
             flow_api_url=flow_api_url(self.settings.api, self.settings.flow_api_url),
-            networks=[self.settings.network] if self.settings.network else [],  # a list: issue 6 adds more
+            networks=list(self.settings.network),  # the first joined at create, the others before start
         )
         assert self.cloud is not None
         self._deployer = Deployer(
@@ -212,11 +249,13 @@ class LocalAgent:
         idle, failures = IdleBackoff(), FailureBackoff()
         while not self._stop.is_set():
             started = time.monotonic()
+            self.health.tick()
             try:
                 if not self._docker_ok:
                     await self._recheck_docker()
                 found = await self._interruptible(self._poll_once())
             except (ApiError, DockerError) as exc:
+                self._poll_failed(exc)
                 delay = failures.failed()
                 logger.warning(
                     "poll failed ({n} in a row): {error}; next poll in {d:.1f}s",
@@ -229,6 +268,7 @@ class LocalAgent:
             if failures.failures:
                 logger.info("polling again after {n} failed poll(s)", n=failures.failures)
             failures.succeeded()
+            self.health.poll_succeeded(time.monotonic() - started)
             if found:
                 idle.reset()
             elif not self._long_poll or time.monotonic() - started < 1.0:
@@ -246,6 +286,8 @@ class LocalAgent:
         if not fresh:
             return 0
         runs = await self.cloud.flow_runs(fresh, iso_now(-3.0))
+        assert self._deployer is not None
+        runs = await self._deployer.capacity.admit(runs)  # MAX_CONCURRENT_RUNS: the rest stay Scheduled
         for run in runs:
             self._spawn(run)
         logger.debug("queue: {n} id(s), {f} new, {r} claimable", n=len(ids), f=len(fresh), r=len(runs))
@@ -269,10 +311,26 @@ class LocalAgent:
         if self._docker_ok:
             logger.error("{error}", error=exc)
         self._docker_ok = False
+        self.health.docker_down(exc)
+
+    def _poll_failed(self, exc: Exception) -> None:
+        """Readiness learns why; a Docker outage longer than DOCKER_OUTAGE_EXIT_S ends the agent (exit 3)."""
+        self.health.poll_failed(exc)
+        if not isinstance(exc, DockerUnavailable):
+            return
+        self._docker_down(exc)
+        limit, outage = self.settings.docker_outage_exit_s, self.health.docker_outage_seconds()
+        if limit and outage >= limit:
+            raise StartupError(
+                f"the Docker daemon has been unreachable for {outage:.0f}s (limit {limit:g}s, "
+                "PREFECT__CLOUD__AGENT__DOCKER_OUTAGE_EXIT_S): exiting so the restart policy takes over",
+                EXIT_DOCKER,
+            )
 
     async def _recheck_docker(self) -> None:
         await self._call(self.runtime.ping)
         self._docker_ok = True
+        self.health.docker_up()
         logger.info("Docker daemon at {address} is reachable again", address=self.runtime.address)
 
     # ------------------------------------------------------------------ helpers
@@ -286,6 +344,7 @@ class LocalAgent:
         return await asyncio.wrap_future(future)
 
     def _thread_done(self, _future: Future[Any]) -> None:
+        METRICS.docker_call_done(_future)
         with self._busy_lock:
             self._busy_threads -= 1
 

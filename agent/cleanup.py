@@ -1,16 +1,21 @@
 """Container garbage collection: what to remove, and when. Touches only containers with this agent's labels.
 
-Successful containers go at once (exit code 0, not OOM-killed, and the run did not end in a failed state);
-everything else (failed, OOM-killed, cancelled) is kept `keep_failed_containers_hours` after it finished, so
-`docker logs` works while someone debugs, then removed. A container whose run is still Submitted/Running is
-never removed here: the watcher must first record its exit in the run (see `agent.watcher`).
+Successful containers (exit code 0, not OOM-killed, and the run did not end in a failed state) go at the
+first cleanup sweep at least one sweep interval after their exit; everything else (failed, OOM-killed,
+cancelled, or a run still Submitted/Running that the watcher has not settled) is kept
+`keep_failed_containers_hours` after it finished, so `docker logs` works while someone debugs, then removed.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from agent.docker_types import ContainerInfo
+from loguru import logger
+
+from agent.docker_types import FLOW_RUN_LABEL, ContainerInfo, DockerError, DockerUnavailable
+from agent.metrics import METRICS
 from agent.models import parse_time
 
 # Prefect 1.x finished state types (server/states.py FINISHED_STATES), and the failed ones among them.
@@ -34,25 +39,27 @@ def finished_at(info: ContainerInfo) -> datetime | None:
 
 
 def succeeded(info: ContainerInfo, run_state: str | None) -> bool:
-    """Exit 0, not OOM-killed, and the run did not end in a failed state (`run_state` None: unknown)."""
+    """Exit 0, not OOM-killed, and the run did not end failed (`run_state` None: unknown, so no)."""
     if info.exit_code != 0 or info.oom_killed or run_state is None:
         return False
     return run_state == GONE or run_state not in FAILED_STATES | ACTIVE_STATES
 
 
-def removal_reason(info: ContainerInfo, run_state: str | None, keep_hours: float,
+def removal_reason(info: ContainerInfo, run_state: str | None, keep_hours: float, min_age_s: float,
                    now: datetime | None = None) -> str | None:
-    """`"succeeded"`, `"expired"` or None (keep). `run_state` None means the API could not be asked."""
-    if info.status not in ("exited", "dead"):
-        return None
-    if run_state in ACTIVE_STATES:
-        return None  # the exit is not recorded yet: the watcher settles it first
-    if succeeded(info, run_state):
-        return "succeeded"
+    """`"succeeded"`, `"expired"` or None (keep). `run_state` None means the API could not be asked.
+
+    Successful containers wait `min_age_s` after their exit (one cleanup interval), so whoever looks right
+    after the run finished still finds its container; failed ones wait `keep_hours`.
+    """
     ended = finished_at(info)
-    now = now or datetime.now(UTC)
-    if ended is not None and now - ended >= timedelta(hours=keep_hours):
+    if info.status not in ("exited", "dead") or ended is None:
+        return None
+    age = ((now or datetime.now(UTC)) - ended).total_seconds()
+    if age >= keep_hours * 3600:
         return "expired"
+    if succeeded(info, run_state) and age >= min_age_s:
+        return "succeeded"
     return None
 
 
@@ -62,3 +69,30 @@ def keep_notice(container_name: str, keep_hours: float) -> str:
         return f"The container {container_name} is removed at the next cleanup."
     return (f"The container is kept for {keep_hours:g} h on the agent's Docker host for debugging: "
             f"docker logs {container_name}")
+
+
+async def sweep(runtime: Any, call: Callable[..., Awaitable[Any]], infos: list[ContainerInfo],
+                states: dict[str, str] | None, keep_hours: float, min_age_s: float) -> int:
+    """Remove the removable ones among `infos` (this agent's containers); returns how many went.
+
+    `states` maps run ids to state types (GONE for deleted runs); None when the API could not be asked, in
+    which case only expired containers go.
+    """
+    removed = 0
+    for info in infos:
+        run_id = info.labels.get(FLOW_RUN_LABEL, "")
+        run_state = None if states is None else states.get(run_id, GONE)
+        reason = removal_reason(info, run_state, keep_hours, min_age_s)
+        if reason is None:
+            continue
+        try:
+            await call(runtime.remove, info.id)
+        except DockerError as exc:
+            if isinstance(exc, DockerUnavailable):
+                raise
+            logger.warning("cleanup: could not remove {name}: {error}", name=info.name, error=exc)
+            continue
+        logger.info("cleanup: removed container {name} ({reason})", name=info.name, reason=reason)
+        METRICS.containers_removed.labels(reason=reason).inc()
+        removed += 1
+    return removed

@@ -29,8 +29,10 @@ FLAG_NAMES: dict[str, list[str]] = {
     "container_labels": ["--container-label"],
     "name": ["-n", "--name"],
     "api": ["--api"],
+    "volumes": ["-v", "--volume"],
 }
-REPEATABLE = {"labels", "env_vars", "container_labels"}
+REPEATABLE = {"labels", "env_vars", "container_labels", "network", "volumes", "allowed_images",
+              "allowed_run_overrides", "allowed_host_paths"}
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -65,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(start)
     config = commands.add_parser("config", help="print the effective settings as JSON (secrets masked)")
     add_setting_flags(config)
+    explain = commands.add_parser(
+        "explain", help="print the container the agent would create for a flow run, and where each field "
+        "comes from (claims nothing, creates nothing)")
+    explain.add_argument("flow_run_id", help="the flow run's id")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_setting_flags(explain)
+    check = commands.add_parser(
+        "check", help="ask the running agent's health server (HEALTH_ADDRESS): exit 0 if healthy, else 1")
+    check.add_argument("--ready", action="store_true", help="ask /ready (can it take work?) not /api/health")
+    add_setting_flags(check)
     return parser
 
 
@@ -84,6 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(effective_config(settings), indent=2, sort_keys=True))
         return 0
+    if args.command == "check":
+        from agent.health import check
+
+        code, message = check(settings, ready=args.ready)
+        print(f"local-agent check: {message}", file=sys.stdout if code == 0 else sys.stderr)
+        return code
+    if args.command == "explain":
+        from agent.explain import run_explain
+
+        return run_explain(settings, args.flow_run_id, as_json=args.json)
     return run_agent(settings)
 
 

@@ -28,6 +28,7 @@ from gql.transport.exceptions import (
 from loguru import logger
 
 from agent import __version__
+from agent.metrics import METRICS
 from agent.models import PREFECT_WIRE_VERSION, FlowRun
 
 
@@ -134,7 +135,7 @@ class CloudClient:
             reraise=True,
         )
         async for attempt in retrying:
-            with attempt:
+            with attempt, METRICS.counting_api_errors():
                 return await self._execute_once(name, variables, timeout or self.timeout)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -336,6 +336,22 @@ class DockerRuntime:
                     continue  # removed between list and inspect
             return infos
 
+    def count(self, labels: Mapping[str, str | None], *, all: bool = False) -> int:
+        """How many containers carry `labels` (running ones unless `all`): one list call, no inspects."""
+        filters = [key if value is None else f"{key}={value}" for key, value in labels.items()]
+        with self._errors("list containers"):
+            return len(self._client().api.containers(all=all, filters={"label": filters}, quiet=True))
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Create the named volume with `labels` unless it exists (an existing one is used as is)."""
+        with self._errors("create a volume"):
+            try:
+                self._client().api.inspect_volume(name)
+                return False
+            except docker.errors.NotFound:
+                self._client().api.create_volume(name, labels=dict(labels))
+                return True
+
     def find_by_label(self, key: str, value: str | None = None, *, all: bool = True) -> list[ContainerInfo]:
         """Containers labelled `key` (=`value` when given); `all=False` lists running ones only."""
         return self.find({key: value}, all=all)

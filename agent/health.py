@@ -62,6 +62,11 @@ class HealthState:
         cycle = settings.long_poll_seconds + settings.request_timeout
         return cls(poll_window=max(60.0, 3 * cycle), liveness_window=max(120.0, 3 * cycle + 30.0))
 
+    def running(self) -> None:
+        """Start-up is done; connecting to the backend counts as the first successful contact."""
+        self.phase, self.last_poll_ok = "running", time.monotonic()
+        self.tick()
+
     def tick(self) -> None:
         self.last_tick = time.monotonic()
 

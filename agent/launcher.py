@@ -6,6 +6,7 @@ and `local-agent explain` (later) can print the same spec without launching anyt
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
+from agent.container_options import Decision, agent_options, apply_run_config
 from agent.docker_runtime import ContainerSpec, container_name_for
 from agent.images import names_registry
 from agent.models import DOCKER_RUN_CONFIGS, FlowRun
+from agent.policy import Policy
 from agent.settings import Settings
 
 HOST_GATEWAY_NAME = "host.docker.internal"
@@ -54,7 +57,8 @@ class Identity:
 
 
 def pull_policy(settings: Settings) -> PullPolicy:
-    return PullPolicy.NEVER if settings.no_pull else PullPolicy.DEFAULT
+    """`--no-pull` is the historical spelling of `--pull-policy never`."""
+    return PullPolicy.NEVER if settings.no_pull else PullPolicy(settings.pull_policy)
 
 
 def should_pull(policy: PullPolicy, image: str, present: bool) -> bool:
@@ -190,16 +194,41 @@ def container_labels(run: FlowRun, agent_name: str, extra: dict[str, str] | None
     }
 
 
-def build_spec(run: FlowRun, image: str, settings: Settings, identity: Identity) -> ContainerSpec:
-    return ContainerSpec(
+@dataclass(frozen=True)
+class ContainerPlan:
+    """The container of one run, and how it came to be (for the run log, debug logs and `explain`)."""
+
+    spec: ContainerSpec
+    decisions: list[Decision]
+    notices: list[str]  # policy clamps and ignored keys, written to the run's log
+    named_volumes: list[str]  # agent-level named volumes, created with the agent's labels before launch
+
+
+def plan_container(
+    run: FlowRun, image: str, settings: Settings, identity: Identity, policy: Policy | None = None
+) -> ContainerPlan:
+    """Agent defaults < run config (under the policy) < what the flow runner needs; raises `PolicyDenied`."""
+    policy = policy or Policy.from_settings(settings)
+    options = agent_options(settings, identity.networks)
+    run_config = run.run_config if (run.run_config or {}).get("type") == "DockerRun" else None
+    apply_run_config(options, run_config, policy)
+    if options.host_config.get("network_mode") == "host" and not settings.flow_api_url:
+        identity = dataclasses.replace(identity, flow_api_url=settings.api)  # loopback is the host's own
+    spec = ContainerSpec(
         name=container_name_for(run.id),
         image=image,
         command=flow_command(run.flow.core_version),
         environment=build_env(run, image, settings, identity),
         labels=container_labels(run, identity.agent_name, settings.container_labels),
-        extra_hosts=dict(EXTRA_HOSTS),
-        networks=list(identity.networks),
+        extra_hosts=options.extra_hosts,
+        host_config=options.host_config,
+        networks=options.networks,
     )
+    return ContainerPlan(spec, options.decisions, options.notices, options.named_volumes)
+
+
+def build_spec(run: FlowRun, image: str, settings: Settings, identity: Identity) -> ContainerSpec:
+    return plan_container(run, image, settings, identity).spec
 
 
 def describe(spec: ContainerSpec) -> dict[str, Any]:

@@ -10,25 +10,35 @@ global default) so the endpoint shows only agent metrics, and tests can read the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from agent import __version__
 
 NAMESPACE = "local_agent"
 PULL_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+disable_created_metrics()  # `*_created` series double the output and no dashboard reads them
 POLL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60)
 
 
 def failure_reason(exc: BaseException) -> str:
-    """A launch failure's metric label: config | image | container | docker (closed set)."""
+    """A launch failure's metric label: config | policy | image | container | docker (closed set)."""
     from agent.docker_types import ContainerCreateError, ImageNotFound, ImagePullError
     from agent.launcher import LaunchError
 
+    if type(exc).__name__ == "PolicyDenied":  # agent.policy (issue 6), not imported: no cycle, no coupling
+        return "policy"
     if isinstance(exc, LaunchError):
         return "config"
     if isinstance(exc, ImagePullError | ImageNotFound):
@@ -55,43 +65,41 @@ class AgentMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        r, ns = self.registry, NAMESPACE
-        self.info = Gauge("info", "Agent version and name (value 1).", ["version", "name"], namespace=ns,
-                          registry=r)
-        self.runs_claimed = Counter("runs_claimed", "Flow runs claimed (set Submitted).", namespace=ns,
-                                    registry=r)
-        self.runs_launched = Counter("runs_launched", "Flow-run containers created and started.",
-                                     namespace=ns, registry=r)
-        self.runs_failed = Counter(
-            "runs_failed", "Flow runs the agent marked Failed, by reason "
-            "(config, image, container, docker: launch failures; exit_code, oom_killed: the container died).",
-            ["reason"], namespace=ns, registry=r)
-        self.runs_requeued = Counter("runs_requeued", "Claimed runs put back to Scheduled, by reason.",
-                                     ["reason"], namespace=ns, registry=r)
-        self.runs_cancelled = Counter("runs_cancelled", "Containers stopped because their run was cancelled.",
-                                      namespace=ns, registry=r)
-        self.containers_running = Gauge("flow_containers_running", "Flow-run containers of this agent "
-                                        "that are running (as last seen by the watcher).", namespace=ns,
-                                        registry=r)
-        self.containers_removed = Counter("containers_removed", "Flow-run containers removed by cleanup, "
-                                          "by reason (succeeded, expired).", ["reason"], namespace=ns,
-                                          registry=r)
-        self.pull_seconds = Histogram("image_pull_seconds", "Duration of image pulls.", namespace=ns,
-                                      registry=r, buckets=PULL_BUCKETS)
-        self.poll_seconds = Histogram("poll_duration_seconds", "Duration of successful queue polls "
-                                      "(long polls included).", namespace=ns, registry=r, buckets=POLL_BUCKETS)
-        self.docker_errors = Counter("docker_errors", "Failed Docker API calls, by kind (unavailable, other).",
-                                     ["kind"], namespace=ns, registry=r)
-        self.api_errors = Counter("api_errors", "Failed GraphQL requests, by kind "
-                                  "(transient, auth, conflict, other).", ["kind"], namespace=ns, registry=r)
-        self.heartbeats = Counter("run_heartbeats", "update_flow_run_heartbeat calls sent for runs in flight.",
-                                  namespace=ns, registry=r)
-        self.last_poll = Gauge("last_successful_poll_timestamp_seconds", "Unix time of the last successful "
-                               "queue poll.", namespace=ns, registry=r)
-        self.docker_up = Gauge("docker_up", "1 while the Docker daemon answers, 0 during an outage.",
-                               namespace=ns, registry=r)
+        counter, gauge, histogram = self._factory(Counter), self._factory(Gauge), self._factory(Histogram)
+        self.info = gauge("info", "Agent version and name (value 1).", ["version", "name"])
+        self.runs_claimed = counter("runs_claimed", "Flow runs claimed (set Submitted).")
+        self.runs_launched = counter("runs_launched", "Flow-run containers created and started.")
+        self.runs_failed = counter(
+            "runs_failed", "Flow runs the agent marked Failed, by reason (launch failures: config, policy, "
+            "image, container, docker; the container died: exit_code, oom_killed).", ["reason"])
+        self.runs_requeued = counter("runs_requeued", "Claimed runs put back to Scheduled, by reason.",
+                                     ["reason"])
+        self.runs_cancelled = counter("runs_cancelled", "Containers stopped because their run was cancelled.")
+        self.containers_running = gauge(
+            "flow_containers_running", "Flow-run containers of this agent running, as the watcher last saw.")
+        self.containers_removed = counter(
+            "containers_removed", "Flow-run containers removed by cleanup, by reason (succeeded, expired).",
+            ["reason"])
+        self.pull_seconds = histogram("image_pull_seconds", "Duration of image pulls.", buckets=PULL_BUCKETS)
+        self.poll_seconds = histogram("poll_duration_seconds", "Duration of successful queue polls "
+                                      "(long polls included).", buckets=POLL_BUCKETS)
+        self.docker_errors = counter("docker_errors", "Failed Docker API calls, by kind "
+                                     "(unavailable, other).", ["kind"])
+        self.api_errors = counter("api_errors", "Failed GraphQL requests, by kind "
+                                  "(transient, auth, conflict, other).", ["kind"])
+        self.heartbeats = counter("run_heartbeats", "update_flow_run_heartbeat calls for runs in flight.")
+        self.last_poll = gauge("last_successful_poll_timestamp_seconds",
+                               "Unix time of the last successful queue poll.")
+        self.docker_up = gauge("docker_up", "1 while the Docker daemon answers, 0 during an outage.")
         self.info.labels(version=__version__, name="").set(1)
         self.docker_up.set(1)
+
+    def _factory(self, kind: type[Any]) -> Callable[..., Any]:
+        def make(name: str, documentation: str, labels: Sequence[str] = (), **kwargs: Any) -> Any:
+            return kind(name, documentation, list(labels), namespace=NAMESPACE, registry=self.registry,
+                        **kwargs)
+
+        return make
 
     def set_name(self, name: str) -> None:
         self.info.clear()
@@ -112,7 +120,8 @@ class AgentMetrics:
             return
         exc = future.exception()
         if isinstance(exc, DockerError):
-            self.docker_errors.labels(kind="unavailable" if isinstance(exc, DockerUnavailable) else "other").inc()
+            kind = "unavailable" if isinstance(exc, DockerUnavailable) else "other"
+            self.docker_errors.labels(kind=kind).inc()
 
     @contextmanager
     def counting_api_errors(self) -> Iterator[None]:

@@ -14,11 +14,33 @@ from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 
+from agent import registry_auth
+from agent.capacity import Capacity
 from agent.cloud import ApiError, CloudClient, StateUpdateFailed
-from agent.docker_runtime import DockerError, DockerRuntime, DockerUnavailable, ImageNotFound, LaunchResult
-from agent.launcher import Identity, LaunchError, PullPolicy, build_spec, describe, pull_policy, resolve_image
+from agent.docker_runtime import (
+    DockerError,
+    DockerRuntime,
+    DockerUnavailable,
+    ImageNotFound,
+    ImagePullError,
+    LaunchResult,
+)
+from agent.heartbeats import run_heartbeats
+from agent.launcher import (
+    LABEL_AGENT,
+    ContainerPlan,
+    Identity,
+    LaunchError,
+    PullPolicy,
+    describe,
+    plan_container,
+    pull_policy,
+    resolve_image,
+)
 from agent.launcher import should_pull as policy_says_pull
+from agent.metrics import METRICS
 from agent.models import FlowRun, failed_state, iso_now, scheduled_state, submitted_state
+from agent.policy import Policy, PolicyDenied
 from agent.settings import Settings
 
 T = TypeVar("T")
@@ -32,6 +54,8 @@ class Call(Protocol):
 
 class Deployer:
     """Deploys flow runs; one instance per agent, one `deploy()` task per run."""
+
+    on_launched: Callable[[FlowRun, LaunchResult], None] | None = None
 
     def __init__(
         self,
@@ -47,6 +71,8 @@ class Deployer:
         self._call, self._stop, self._on_docker_down = call, stop, on_docker_down
         self._slots = asyncio.Semaphore(settings.max_concurrent_launches)
         self.policy: PullPolicy = pull_policy(settings)
+        self.run_policy = Policy.from_settings(settings)
+        self.capacity = Capacity(settings.max_concurrent_runs, self._count_running)
 
     async def deploy(self, run: FlowRun) -> None:
         """The whole pipeline for `run`; never raises (every outcome is logged or reported)."""
@@ -55,9 +81,15 @@ class Deployer:
         async with self._slots:  # runs sleeping until their start time hold no slot
             if self._stop.is_set() or not await self.docker_ready(run):
                 return
-            if not await self.claim(run):
+            if not await self.capacity.acquire(run.id):  # at MAX_CONCURRENT_RUNS: stays Scheduled
                 return
-            await self.launch_claimed(run)
+            try:
+                if not await self.claim(run):
+                    return
+                async with run_heartbeats(self.cloud, run.id, self.settings.heartbeat_interval):
+                    await self.launch_claimed(run)
+            finally:
+                await self.capacity.release(run.id)
 
     async def wait_until_start(self, run: FlowRun) -> bool:
         """Sleep until the state's start_time (prefetched runs); False when the agent stops meanwhile."""
@@ -94,6 +126,7 @@ class Deployer:
         except ApiError as exc:
             logger.warning("could not claim flow run {id}, will retry: {error}", id=run.id, error=exc)
             return False
+        METRICS.runs_claimed.inc()
         for task_run in run.task_runs:
             if not task_run.is_scheduled:
                 continue
@@ -108,15 +141,20 @@ class Deployer:
     async def launch_claimed(self, run: FlowRun) -> None:
         try:
             image = resolve_image(run)
+            plan = await self.plan(run, image)
             await self.ensure_image(run, image)
-            spec = build_spec(run, image, self.settings, self.identity)
+            await self.ensure_volumes(plan)
+            spec = plan.spec
             logger.debug("container spec for flow run {id}: {spec}", id=run.id, spec=describe(spec))
-            result = await self._call(self.runtime.launch, spec)
+            # A claimed run's old exited container (a reschedule or retry of the run) makes way for this one.
+            result = await self._call(self.runtime.launch, spec, replace_exited=True)
         except DockerUnavailable as exc:
             self._on_docker_down(exc)
+            METRICS.runs_requeued.labels(reason="docker_unavailable").inc()
             await self.requeue(run, exc)
             return
-        except (LaunchError, DockerError) as exc:
+        except (LaunchError, PolicyDenied, DockerError) as exc:
+            METRICS.launch_failed(exc)
             await self.fail(run, str(exc))
             return
         await self.report(run, result)
@@ -134,14 +172,49 @@ class Deployer:
         def progress(*args: Any) -> None:
             logger.info("{progress}", progress=args[0] if args else "pulling " + image)
 
-        await self._call(
-            self.runtime.pull,
-            image,
-            on_progress=progress,
-            progress_interval=self.settings.pull_progress_interval,
-        )
+        with METRICS.pull_seconds.time():
+            await self.pull(run, image, progress)
+
+    async def pull(self, run: FlowRun, image: str, progress: Callable[..., None]) -> None:
+        """Pull with the registry's credentials; one retry with fresh ones when the registry refuses them."""
+        for attempt in (1, 2):
+            auth = registry_auth.credentials_for(image, self._registry_credentials())
+            logger.info("pulling {image}: credentials from {source}", image=image, source=auth.source)
+            try:
+                await self._call(self.runtime.pull, image, on_progress=progress, auth_config=auth.auth_config,
+                                 progress_interval=self.settings.pull_progress_interval)
+                return
+            except ImagePullError as exc:
+                if attempt == 2 or not registry_auth.is_auth_error(exc):
+                    raise
+                logger.warning("flow run {id}: {error}; retrying once with fresh credentials",
+                               id=run.id, error=exc)
+
+    def _registry_credentials(self) -> str | None:
+        secret = self.settings.registry_credentials
+        return secret.get_secret_value() if secret else None
+
+    async def plan(self, run: FlowRun, image: str) -> ContainerPlan:
+        """The policy's image allow-list (at every launch, pull or not), then the container plan."""
+        self.run_policy.check_image(image)
+        plan = plan_container(run, image, self.settings, self.identity, self.run_policy)
+        for notice in plan.notices:
+            logger.warning("flow run {id}: {notice}", id=run.id, notice=notice)
+            await self.cloud.write_run_log(run.id, self.identity.agent_name, notice, "WARNING")
+        return plan
+
+    async def ensure_volumes(self, plan: ContainerPlan) -> None:
+        labels = {**self.settings.container_labels, LABEL_AGENT: self.identity.agent_name}
+        for name in plan.named_volumes:
+            if await self._call(self.runtime.ensure_volume, name, labels):
+                logger.info("created volume {name} for flow containers", name=name)
+
+    async def _count_running(self) -> int:
+        return await self._call(self.runtime.count, {LABEL_AGENT: self.settings.name})
 
     async def report(self, run: FlowRun, result: LaunchResult) -> None:
+        if self.on_launched is not None:  # the watcher (agent.watcher) follows the container from here
+            self.on_launched(run, result)
         if not result.created:
             logger.warning(
                 "flow run {id}: container {cid} already existed; not starting a second one",
@@ -149,6 +222,7 @@ class Deployer:
                 cid=result.container_id[:12],
             )
             return
+        METRICS.runs_launched.inc()
         logger.info(
             "flow run {id} ({flow}) submitted: container {cid}",
             id=run.id,

@@ -125,7 +125,7 @@ def normalize_pattern(pattern: str) -> str:
     if not pattern or pattern[0] in "*?[":
         return pattern
     head, sep, _ = pattern.partition("/")
-    if "*" in head or "?" in head:  # `reg*.example.com/x`: a registry pattern, used as written
+    if sep and ("*" in head or "?" in head):  # `reg*.example.com/x`: a registry pattern, used as written
         return pattern
     domain, path = _domain_and_path(pattern)
     return f"{domain}/{path}"
@@ -180,9 +180,11 @@ class Policy:
 
     def host_path_allowed(self, path: str) -> bool:
         path = posixpath.normpath(path)
-        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.allowed_host_paths)
+        roots = self.allowed_host_paths
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
-    def clamp(self, what: str, requested: int, maximum: int | None, show: Any = str) -> tuple[int, str | None]:
+    def clamp(self, what: str, requested: int, maximum: int | None,
+              show: Any = str) -> tuple[int, str | None]:
         """`requested` capped at `maximum` (a request of 0/-1, meaning unlimited, is capped too)."""
         if maximum is None or 0 < requested <= maximum:
             return requested, None
@@ -217,8 +219,8 @@ class Violations:
             return True
         allowed = list(policy.allowed_host_paths) or "none"
         self.messages.append(
-            f"{what} binds host path {posixpath.normpath(source)}, outside the allowed host paths ({allowed}): "
-            f"add it or a parent to {HOST_PATHS_ENV} (agent option --allowed-host-paths)"
+            f"{what} binds host path {posixpath.normpath(source)}, outside the allowed host paths "
+            f"({allowed}): add it or a parent to {HOST_PATHS_ENV} (agent option --allowed-host-paths)"
         )
         return False
 

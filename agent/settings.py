@@ -33,11 +33,16 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent.container_options import parse_gpus, parse_volume
+from agent.policy import parse_memory, validate_overrides
+from agent.registry_auth import parse_credentials
+
 ENV_PREFIX = "PREFECT__CLOUD__AGENT__"
 API_ENV = "PREFECT__CLOUD__API"
 DEFAULT_API = "http://localhost:4200"
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 TOKEN_SECRET_FILE = "prefect_cloud_agent_api_token"
+REGISTRY_SECRET_FILE = "prefect_cloud_agent_registry_credentials"
 # Token sources in precedence order (all env names; the secret file and config.toml come after them).
 TOKEN_ENV_NAMES = (
     f"{ENV_PREFIX}API_TOKEN",
@@ -111,7 +116,26 @@ class Settings(BaseSettings):
     base_url: str | None = None
     docker_timeout: PositiveFloat = 60.0
     flow_api_url: str | None = None
-    network: str | None = None
+    network: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Flow containers (issue 6, docs/run-options.md): agent-level options and the policy over run configs.
+    pull_policy: Literal["default", "always", "if-not-present", "never"] = "default"
+    volumes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    host_gateway: bool = True
+    memory: str | None = None
+    max_memory: str | None = None
+    cpus: PositiveFloat | None = None
+    max_cpus: PositiveFloat | None = None
+    pids_limit: PositiveInt | None = None
+    max_pids_limit: PositiveInt | None = None
+    gpus: str | None = None
+    runtime: str | None = None
+    registry_credentials: SecretStr | None = Field(
+        None, validation_alias=AliasChoices(f"{ENV_PREFIX}REGISTRY_CREDENTIALS", REGISTRY_SECRET_FILE)
+    )
+    max_concurrent_runs: int = Field(0, ge=0)
+    allowed_images: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_run_overrides: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_host_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)
     level: LogLevel = "INFO"
     flow_log_level: LogLevel = "INFO"
     send_flow_run_logs: bool = True
@@ -134,6 +158,74 @@ class Settings(BaseSettings):
 
     _labels = field_validator("labels", mode="before")(parse_labels)
     _env_vars = field_validator("env_vars", "container_labels", mode="before")(parse_env_vars)
+    _lists = field_validator(
+        "network", "volumes", "allowed_images", "allowed_run_overrides", "allowed_host_paths", mode="before"
+    )(parse_labels)
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_volume(spec)
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _network_modes(cls, value: list[str]) -> list[str]:
+        if len(value) > 1 and {"host", "none"} & set(value):
+            raise ValueError("host and none are network modes: they cannot be combined with other networks")
+        return value
+
+    @field_validator("memory", "max_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_memory(value)
+        return value.strip()
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: str | None) -> str | None:
+        if value:
+            parse_gpus(value)
+        return value or None
+
+    @field_validator("allowed_run_overrides")
+    @classmethod
+    def _overrides(cls, value: list[str]) -> list[str]:
+        return validate_overrides(value)
+
+    @field_validator("allowed_host_paths")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        relative = [path for path in value if not path.startswith("/")]
+        if relative:
+            raise ValueError(f"allowed host paths must be absolute: {relative}")
+        return value
+
+    @field_validator("registry_credentials", mode="before")
+    @classmethod
+    def _registry_credentials(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # config.toml or an explicit object: keep it as (secret) JSON text
+            value = json.dumps(value)
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and raw.strip():
+            parse_credentials(raw)  # a malformed JSON must stop the agent at start, not fail pulls later
+            return raw
+        return None if isinstance(raw, str) else value
+
+    @model_validator(mode="after")
+    def _defaults_within_maxima(self) -> Settings:
+        pairs = [("memory", self.memory and parse_memory(self.memory),
+                  self.max_memory and parse_memory(self.max_memory)),
+                 ("cpus", self.cpus, self.max_cpus), ("pids_limit", self.pids_limit, self.max_pids_limit)]
+        for name, default, maximum in pairs:
+            if default and maximum and default > maximum:
+                raise ValueError(f"{name} ({default}) is above max_{name} ({maximum})")
+        if self.no_pull and self.pull_policy not in ("default", "never"):
+            raise ValueError(f"no_pull contradicts pull_policy={self.pull_policy}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -145,7 +237,7 @@ class Settings(BaseSettings):
         """
         if not isinstance(data, dict):
             return data
-        for name in ("api", "api_token"):
+        for name in ("api", "api_token", "registry_credentials"):
             alias = cls.model_fields[name].validation_alias
             ranked = [name, *(alias.choices if isinstance(alias, AliasChoices) else [])]
             present = [k for k in data if any(str(k).lower() == str(r).lower() for r in ranked)]

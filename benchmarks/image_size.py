@@ -1,7 +1,7 @@
 """Size of our agent image (the `agent` target of the repository's Dockerfile), built as the tests build it.
 
 Prefect's own agent image (`prefecthq/prefect:1.4.1`) needs a registry we cannot reach here, so only ours is
-measured; the README quotes the published size of Prefect's for reference.
+measured.
 """
 
 from __future__ import annotations

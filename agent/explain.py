@@ -1,0 +1,203 @@
+"""`local-agent explain <flow-run-id>`: the container the agent would create for a run, and why.
+
+Many "my flow cannot reach the API" reports (PrefectHQ/prefect#4963, #4840) come from users who cannot see
+the effective configuration. This reads the run with the agent's own settings (same API, same token), runs
+the same code the launch does (`resolve_image`, the policy, `plan_container`) and prints each field with
+its source: agent default or setting, run config, policy clamp, or the flow runner's fixed variables. It
+claims nothing and creates nothing; Docker is only asked whether the image is present (if reachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.cloud import ApiError, CloudClient
+from agent.container_options import DEFAULT, RUN, Decision, env_of
+from agent.docker_runtime import DockerError, DockerRuntime
+from agent.launcher import (
+    Identity,
+    LaunchError,
+    build_env,
+    flow_api_url,
+    plan_container,
+    pull_policy,
+    resolve_image,
+)
+from agent.launcher import should_pull as policy_says_pull
+from agent.logs import Masker
+from agent.models import FlowRun
+from agent.policy import Policy, PolicyDenied, human_bytes, normalize_image
+from agent.settings import Settings
+
+FIXED = "flow runner (fixed)"
+_SECRET_SUFFIXES = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+_MEMORY_FIELDS = frozenset({"mem_limit", "memswap_limit", "mem_reservation"})
+_PROBE = "\x00explain-probe"
+
+
+@dataclass
+class Explanation:
+    flow_run_id: str
+    flow_name: str = ""
+    state: str | None = None
+    verdict: str = "launch"  # launch | denied | cannot launch
+    reason: str = ""
+    image: str | None = None
+    fields: list[Decision] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: Any, source: str, note: str = "") -> None:
+        self.fields.append(Decision(name, value, source, note))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fields"] = [_jsonable(asdict(d)) for d in self.fields]
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+async def fetch_run(settings: Settings, flow_run_id: str) -> tuple[FlowRun | None, str]:
+    """The run and the tenant id, read with the agent's own API settings."""
+    cloud = CloudClient(settings.api, settings.token, settings.request_timeout)
+    await cloud.connect()
+    try:
+        if settings.api_token:
+            tenant_id, _ = await cloud.auth_info()
+        else:
+            tenant_id = await cloud.first_tenant_id()
+        rows = (await cloud.execute("flow_run_by_id", {"id": flow_run_id})).get("flow_run") or []
+    finally:
+        await cloud.close()
+    return (FlowRun.model_validate(rows[0]) if rows else None), str(tenant_id or "")
+
+
+def explain_run(run: FlowRun, settings: Settings, identity: Identity,
+                image_present: bool | None = None) -> Explanation:
+    """Everything `launch_claimed` would decide for `run`, without doing any of it."""
+    result = Explanation(run.id, run.flow.name, run.state)
+    policy = Policy.from_settings(settings)
+    try:
+        image = resolve_image(run)
+        result.image = image
+        storage = (run.flow.storage or {}).get("type") == "Docker"
+        result.add("image", image, "flow storage (Docker)" if storage else RUN, normalize_image(image))
+        pattern = policy.check_image(image)
+        note = f"allowed by pattern {pattern!r}" if pattern else "no allow-list: any image"
+        result.add("image policy", "allowed", env_of("allowed_images"), note)
+        _pull(result, settings, image, image_present)
+        plan = plan_container(run, image, settings, identity, policy)
+    except PolicyDenied as exc:
+        result.verdict, result.reason = "denied", str(exc)
+        return result
+    except LaunchError as exc:
+        result.verdict, result.reason = "cannot launch", str(exc)
+        return result
+    spec = plan.spec
+    result.add("name", spec.name, FIXED, "prefect-<flow run id>: one container per run")
+    result.add("command", spec.command, FIXED, f"flow core_version {run.flow.core_version}")
+    result.fields.extend(plan.decisions)
+    result.notices = list(plan.notices)
+    for key, value in spec.environment.items():
+        result.add(f"env {key}", _mask(key, value, settings), _env_source(key, run, settings))
+    for key, value in spec.labels.items():
+        source = FIXED if key.startswith(("io.prefect.", "io.local-agent.")) else env_of("container_labels")
+        result.add(f"label {key}", value, source)
+    return result
+
+
+def _pull(result: Explanation, settings: Settings, image: str, present: bool | None) -> None:
+    policy = pull_policy(settings)
+    if present is None:
+        pull = "unknown (Docker unreachable)"
+    else:
+        pull = "yes" if policy_says_pull(policy, image, present) else "no"
+        pull += f" (image {'present' if present else 'absent'} on this host)"
+    result.add("pull", pull, env_of("pull_policy"), f"pull policy {policy.value}")
+
+
+def _mask(key: str, value: str, settings: Settings) -> str:
+    if value and key.upper().endswith(_SECRET_SUFFIXES):
+        return "***"
+    return Masker([settings.token])(value)
+
+
+def _env_source(key: str, run: FlowRun, settings: Settings) -> str:
+    if key in fixed_env_keys(run, settings):
+        return FIXED
+    if key in ((run.run_config or {}).get("env") or {}):
+        return RUN
+    if key in settings.env_vars:
+        return env_of("env_vars")
+    if key == "PREFECT__CLOUD__API" and settings.flow_api_url:
+        return env_of("flow_api_url")
+    return DEFAULT
+
+
+def fixed_env_keys(run: FlowRun, settings: Settings) -> set[str]:
+    """The variables nothing overrides, found by trying: so this list cannot drift from `build_env`."""
+    keys = set(build_env(run, "image", settings, _PROBE_IDENTITY))
+    probe = {key: _PROBE for key in keys}
+    probed_run = run.model_copy(update={"run_config": {**(run.run_config or {}), "env": probe}})
+    env = build_env(probed_run, "image", settings.model_copy(update={"env_vars": probe}), _PROBE_IDENTITY)
+    return {key for key, value in env.items() if value != _PROBE}
+
+
+_PROBE_IDENTITY = Identity("probe", [], "tenant", "http://probe", [])
+
+
+def render(result: Explanation) -> str:
+    lines = [f"Flow run {result.flow_run_id} of flow {result.flow_name!r} (state {result.state})"]
+    verdict = {"launch": "the agent would launch this container",
+               "denied": "the agent's policy DENIES this run",
+               "cannot launch": "the agent CANNOT launch this run"}
+    lines.append(f"Verdict: {verdict[result.verdict]}")
+    if result.reason:
+        lines.append(f"  {result.reason}")
+    for decision in result.fields:
+        value = decision.value
+        if decision.field in _MEMORY_FIELDS and isinstance(value, int) and value > 0:
+            value = human_bytes(value)
+        shown = value if isinstance(value, str) else json.dumps(_jsonable(value))
+        note = f": {decision.note}" if decision.note else ""
+        lines.append(f"  {decision.field} = {shown}    [{decision.source}{note}]")
+    lines += [f"Run log notice: {notice}" for notice in result.notices]
+    return "\n".join(lines)
+
+
+def _image_present(settings: Settings, image: str | None) -> bool | None:
+    if image is None:
+        return None
+    runtime = DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
+    try:
+        return runtime.image_present(image)
+    except DockerError:
+        return None
+    finally:
+        runtime.close()
+
+
+def run_explain(settings: Settings, flow_run_id: str, as_json: bool = False) -> int:
+    """CLI entry: 0 when explained (whatever the verdict), 1 when the run cannot be read."""
+    try:
+        run, tenant_id = asyncio.run(fetch_run(settings, flow_run_id))
+    except ApiError as exc:
+        print(f"local-agent explain: cannot read flow run {flow_run_id} from {settings.api}: {exc}")
+        return 1
+    if run is None:
+        print(f"local-agent explain: no flow run {flow_run_id} at {settings.api}")
+        return 1
+    identity = Identity(settings.name, list(settings.labels), tenant_id,
+                        flow_api_url(settings.api, settings.flow_api_url), list(settings.network))
+    try:
+        image = resolve_image(run)
+    except LaunchError:
+        image = None
+    result = explain_run(run, settings, identity, _image_present(settings, image))
+    print(json.dumps(result.as_dict(), indent=2) if as_json else render(result))
+    return 0

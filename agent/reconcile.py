@@ -1,0 +1,123 @@
+"""Restart recovery: what this agent left behind, and runs it claimed but never launched.
+
+At start the agent lists the containers carrying its labels (`io.local-agent.agent=<name>` and a flow-run id):
+running ones are adopted (watched, cancellable), finished ones are settled (their exit is recorded if the run
+never was), and ones that were created but never started (the agent died between create and start) are
+removed, so their run counts as "claimed, not launched".
+
+A run that is Submitted by this agent (same registered agent id) but has no container on this host and is
+not being launched by this process was claimed by an agent that died before creating its container. It is
+put back to **Scheduled** (not failed): nothing of it ever ran, so running it is exactly what the user asked
+for, and Prefect Server's own Lazarus would do the same after 10 minutes. To leave runs that another process
+is still launching alone, a run qualifies only once its heartbeat (kept fresh by `agent.heartbeats` while a
+launch is in flight) is older than three heartbeat intervals. A second container for a run is impossible on
+one host anyway: its container name derives from the run id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from loguru import logger
+
+from agent.cloud import ApiError, CloudClient, StateUpdateFailed
+from agent.docker_types import FLOW_RUN_LABEL, ContainerInfo
+from agent.launcher import LABEL_AGENT
+from agent.metrics import METRICS
+from agent.models import iso_now, parse_time, scheduled_state
+
+ORPHAN_MESSAGE = ("Rescheduled by agent {agent!r}: it had claimed this run but no container was created "
+                  "(the agent stopped between claiming and launching)")
+CHUNK = 200
+
+
+@dataclass(frozen=True)
+class RunState:
+    id: str
+    state: str | None
+    name: str | None
+    version: int | None
+
+
+async def run_states(cloud: CloudClient, ids: list[str]) -> dict[str, RunState]:
+    """States of `ids` in one query per 200 ids; runs missing from the answer no longer exist."""
+    found: dict[str, RunState] = {}
+    for start in range(0, len(ids), CHUNK):
+        data = await cloud.execute("flow_run_states", {"ids": ids[start:start + CHUNK]})
+        for row in data.get("flow_run") or []:
+            found[str(row["id"])] = RunState(str(row["id"]), row.get("state"), row.get("name"),
+                                             row.get("version"))
+    return found
+
+
+def agent_labels(agent_name: str) -> dict[str, str | None]:
+    """The label filter for this agent's flow-run containers."""
+    return {LABEL_AGENT: agent_name, FLOW_RUN_LABEL: None}
+
+
+@dataclass
+class Inventory:
+    running: list[ContainerInfo]
+    finished: list[ContainerInfo]
+    never_started: list[ContainerInfo]
+
+
+Call = Callable[..., Awaitable[Any]]
+
+
+async def inventory(runtime: Any, call: Call, agent_name: str) -> Inventory:
+    infos: list[ContainerInfo] = await call(runtime.find, agent_labels(agent_name), all=True)
+    return Inventory(
+        running=[i for i in infos if i.running],
+        finished=[i for i in infos if i.status in ("exited", "dead")],
+        never_started=[i for i in infos if i.status == "created"],
+    )
+
+
+async def discard_never_started(runtime: Any, call: Call, infos: list[ContainerInfo]) -> None:
+    """Created but never started: nothing ran; remove it so the run is relaunched cleanly."""
+    for info in infos:
+        logger.warning("removing container {name}: created but never started (the agent stopped in between)",
+                       name=info.name)
+        await call(runtime.remove, info.id, force=True)
+
+
+def _age_seconds(row: dict[str, Any]) -> float:
+    """Seconds since the run last showed life (heartbeat or state change), by the backend's clock."""
+    stamps = [parse_time(str(row[k])) for k in ("heartbeat", "state_timestamp") if row.get(k)]
+    if not stamps:
+        return float("inf")
+    return (datetime.now(UTC) - max(stamps)).total_seconds()
+
+
+async def requeue_orphans(cloud: CloudClient, runtime: Any, call: Call, *, agent_id: str, agent_name: str,
+                          busy: set[str], stale_after: float) -> int:
+    """Put this agent's Submitted runs without a container back to Scheduled; returns how many."""
+    data = await cloud.execute("submitted_runs", {"agent_id": agent_id})
+    requeued = 0
+    for row in data.get("flow_run") or []:
+        run_id = str(row["id"])
+        if run_id in busy or _age_seconds(row) < stale_after:
+            continue
+        if await call(runtime.find_by_label, FLOW_RUN_LABEL, run_id):
+            continue  # it has a container (maybe another agent's, on this host): not an orphan
+        requeued += await _requeue(cloud, run_id, row.get("version"), agent_name)
+    return requeued
+
+
+async def _requeue(cloud: CloudClient, run_id: str, version: int | None, agent_name: str) -> int:
+    message = ORPHAN_MESSAGE.format(agent=agent_name)
+    try:
+        await cloud.set_flow_run_state(run_id, scheduled_state(message, iso_now()), version)
+    except StateUpdateFailed:
+        return 0  # it moved on meanwhile (launched elsewhere, cancelled): nothing to recover
+    logger.warning("flow run {id}: claimed but never launched; rescheduled", id=run_id)
+    METRICS.runs_requeued.labels(reason="no_container").inc()
+    try:
+        await cloud.write_run_log(run_id, agent_name, message, "WARNING")
+    except ApiError as exc:
+        logger.debug("flow run {id}: run log not written: {error}", id=run_id, error=exc)
+    return 1

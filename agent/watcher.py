@@ -1,0 +1,407 @@
+"""Watching every flow-run container this agent started: exits, cancellation, restart recovery, cleanup.
+
+* **Exits.** Docker's event stream (`start`/`die` of containers carrying our agent label, read in a daemon
+  thread) wakes the watcher at once; a sweep every `watch_interval` lists our running containers as the
+  fallback (a missed event, a stream broken by a daemon restart). When a container exits while its run is
+  still Submitted or Running, nobody else will ever report it: the run gets one structured ERROR log (exit
+  code, OOMKilled, image and digest, container name, last 50 lines, how long the container is kept and the
+  `docker logs` command) and the Failed state. Exit code 0 is left alone: a flow runner that exits 0 without a
+  final state found the run owned elsewhere (Prefect's own double-launch guard), and failing it would kill a
+  legitimate run; the backend's zombie handling covers the rest.
+* **Cancellation.** One query per interval reads the states of all watched runs. Cancelling/Cancelled with
+  the container alive: SIGTERM, SIGKILL after `cancel_grace_seconds`, then Cancelled, with a run log saying
+  so. A run that reached any other finished state while its container keeps running is stopped the same way
+  after one grace period.
+* **Never because of Docker.** A Docker outage (`DockerUnavailable`) is reported to the agent (it stops
+  claiming) and the watcher simply tries again later: it never concludes from an unreachable daemon that a
+  container is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from agent import cleanup, reconcile
+from agent.cloud import ApiError, CloudClient
+from agent.docker_types import (
+    FLOW_RUN_LABEL,
+    ContainerInfo,
+    DockerError,
+    DockerUnavailable,
+    LaunchResult,
+    container_name_for,
+)
+from agent.flow_logs import FlowLogStreamer
+from agent.launcher import LABEL_FLOW_NAME
+from agent.metrics import METRICS
+from agent.models import FlowRun, failed_state
+from agent.settings import Settings
+
+TAIL_LINES = 50
+SIGKILLED, OOM_EVENT_WAIT_S = 137, 1.0
+CANCEL_STATES = frozenset({"Cancelling", "Cancelled"})
+FAILABLE_STATES = frozenset({"Submitted", "Running"})
+
+
+@dataclass
+class Watched:
+    """One container the watcher follows until its exit is settled."""
+
+    run_id: str
+    container_id: str
+    name: str
+    run_name: str
+    finished_since: float | None = None  # when the run was first seen finished while the container ran
+    stopping: bool = False
+
+
+def _watched(info: ContainerInfo, run_name: str | None = None) -> Watched:
+    run_id = info.labels.get(FLOW_RUN_LABEL, "")
+    return Watched(run_id, info.id, info.name, run_name or info.labels.get(LABEL_FLOW_NAME) or run_id)
+
+
+class EventFollower:
+    """Reads Docker's event stream in a daemon thread and hands (action, container id) to `notify`."""
+
+    def __init__(self, runtime: Any, labels: dict[str, str | None],
+                 notify: Callable[[str, str], None]) -> None:
+        self.runtime, self.labels, self.notify = runtime, labels, notify
+        self._stopped = threading.Event()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="docker-events")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(Exception):
+            if self._stream is not None:
+                self._stream.close()
+
+    def _run(self) -> None:
+        since, delay = int(time.time()), 1.0
+        while not self._stopped.is_set():
+            try:
+                self._stream = self.runtime.events(self.labels, since=since)
+                for event in self._stream:
+                    since = max(since, int(event.get("time") or since))
+                    self.notify(str(event.get("Action") or event.get("status")), str(event.get("id")))
+                    delay = 1.0
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect; the sweep covers the gap
+                logger.debug("docker event stream broke: {error}", error=exc)
+            self._stopped.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+
+class Watcher:
+    """Owns the watched containers; `start()` after the agent connected, `stop()` on shutdown."""
+
+    def __init__(self, settings: Settings, cloud: CloudClient, runtime: Any,
+                 call: Callable[..., Awaitable[Any]], *, agent_name: str, agent_id: str,
+                 on_docker_down: Callable[[DockerUnavailable], None], busy: Callable[[], set[str]]) -> None:
+        self.settings, self.cloud, self.runtime, self._call = settings, cloud, runtime, call
+        self.agent_name, self.agent_id = agent_name, agent_id
+        self._on_docker_down, self._busy = on_docker_down, busy
+        self.watched: dict[str, Watched] = {}
+        self._events: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._stops = asyncio.Semaphore(4)
+        self._next_cleanup = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._follower = EventFollower(runtime, reconcile.agent_labels(agent_name), self._notify)
+        self.flow_logs = FlowLogStreamer(runtime, [settings.token]) if settings.show_flow_logs else None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Recover what a previous run of this agent left, then watch (events thread + periodic loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._next_cleanup = time.monotonic() + self.settings.cleanup_interval
+        try:
+            await self._recover()
+        except (ApiError, DockerError) as exc:  # the periodic loop retries what recovery could not do
+            self._docker_error(exc)
+            logger.warning("restart recovery incomplete, retried periodically: {error}", error=exc)
+        self._follower.start()
+        self._main = asyncio.create_task(self._run(), name="watcher")
+
+    async def stop(self) -> None:
+        self._follower.stop()
+        if self.flow_logs is not None:
+            self.flow_logs.stop()
+        tasks = [t for t in (self._main, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+
+    def watch(self, run: FlowRun, result: LaunchResult) -> None:
+        """The pipeline's hook after a launch (created or adopted): follow this container from now on."""
+        if result.status in ("exited", "dead"):
+            self._notify("die", result.container_id)
+            return
+        self._add(Watched(run.id, result.container_id, container_name_for(run.id), run.name or run.id))
+
+    def _add(self, watched: Watched) -> None:
+        if watched.run_id and watched.run_id not in self.watched:
+            self.watched[watched.run_id] = watched
+            logger.debug("watching container {name} of flow run {id}", name=watched.name, id=watched.run_id)
+            if self.flow_logs is not None:
+                self.flow_logs.follow(watched.container_id, watched.run_name)
+        METRICS.containers_running.set(len(self.watched))
+
+    def _notify(self, action: str, container_id: str) -> None:
+        """Thread-safe: queue a Docker event for the loop."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            self._loop.call_soon_threadsafe(self._queue_event, action, container_id)
+
+    def _queue_event(self, action: str, container_id: str) -> None:
+        self._events.append((action, container_id))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+    async def _run(self) -> None:
+        next_sweep = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - time.monotonic()))
+            self._wake.clear()
+            await self._guarded(self._handle_events())
+            if time.monotonic() < next_sweep:
+                continue
+            next_sweep = time.monotonic() + self.settings.watch_interval
+            await self._guarded(self._sweep())
+            await self._guarded(self._check_states())
+            await self._guarded(self._requeue_orphans())
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + self.settings.cleanup_interval
+                await self._guarded(self._cleanup())
+
+    async def _guarded(self, step: Awaitable[None]) -> None:
+        """One step of the loop; no failure may end the watcher."""
+        try:
+            await step
+        except DockerUnavailable as exc:  # the agent logs the outage once and reports it; retried later
+            self._on_docker_down(exc)
+            logger.debug("watcher: {error}", error=exc)
+        except (ApiError, DockerError) as exc:
+            logger.warning("watcher: {error}", error=exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop watching the others
+            logger.opt(exception=exc).error("watcher step failed: {error!r}", error=exc)
+
+    def _docker_error(self, exc: BaseException) -> None:
+        if isinstance(exc, DockerUnavailable):
+            self._on_docker_down(exc)
+
+    async def _handle_events(self) -> None:
+        events, self._events = self._events, []
+        by_container = {w.container_id: w for w in self.watched.values()}
+        for action, container_id in events:
+            known = by_container.get(container_id)
+            if action == "start" and known is None:
+                info = await self._call(self.runtime.inspect, container_id)
+                if info is not None and info.running:
+                    self._add(_watched(info))
+            elif action == "die" and not (known and known.stopping):
+                info = await self._call(self.runtime.inspect, container_id)
+                if info is not None and info.running:
+                    continue  # restarted meanwhile (a restart policy): still ours to watch
+                watched = known or (_watched(info) if info is not None else None)
+                if watched is not None:
+                    await self._settle(watched, info)
+
+    async def _sweep(self) -> None:
+        """The fallback for missed events: adopt unknown running containers, settle vanished ones."""
+        running = await self._call(self.runtime.find, reconcile.agent_labels(self.agent_name), all=False)
+        ids = {info.id for info in running}
+        for info in running:
+            if info.labels.get(FLOW_RUN_LABEL) not in self.watched:
+                self._add(_watched(info))
+        for watched in list(self.watched.values()):
+            if watched.container_id in ids or watched.stopping:
+                continue
+            info = await self._call(self.runtime.inspect, watched.container_id)
+            if info is None or info.status in ("exited", "dead"):
+                await self._settle(watched, info)
+        METRICS.containers_running.set(len(self.watched))
+
+    # ------------------------------------------------------------------ run states
+    async def _check_states(self) -> None:
+        """ONE query for all watched runs: cancellations, and runs finished while their container runs."""
+        candidates = [w for w in self.watched.values() if not w.stopping]
+        if not candidates:
+            return
+        states = await reconcile.run_states(self.cloud, [w.run_id for w in candidates])
+        grace = self.settings.cancel_grace_seconds
+        for watched in candidates:
+            found = states.get(watched.run_id)
+            if found is None:
+                continue
+            watched.run_name = found.name or watched.run_name
+            if found.state in CANCEL_STATES:
+                watched.stopping = True
+                self._spawn(self._stop_container(watched, found.state, cancel=True))
+            elif found.state in cleanup.FINISHED_STATES:
+                watched.finished_since = watched.finished_since or time.monotonic()
+                if time.monotonic() - watched.finished_since >= grace:
+                    watched.stopping = True
+                    self._spawn(self._stop_container(watched, found.state, cancel=False))
+            else:
+                watched.finished_since = None
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(self._guarded(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_container(self, watched: Watched, state: str | None, *, cancel: bool) -> None:
+        """SIGTERM, SIGKILL after the grace period; then settle (Cancelling becomes Cancelled)."""
+        grace = self.settings.cancel_grace_seconds
+        watched.stopping = True
+        why = (f"Flow run is {state}: the agent stops container {watched.name} (SIGTERM, SIGKILL after "
+               f"{grace:g}s)" if cancel else f"Flow run is {state} but its container {watched.name} kept "
+               f"running for {grace:g}s: the agent stops it (SIGTERM, SIGKILL after {grace:g}s)")
+        logger.info("flow run {id}: {why}", id=watched.run_id, why=why)
+        await self._run_log(watched.run_id, why, "INFO")
+        try:
+            async with self._stops:
+                await self._call(self.runtime.stop, watched.container_id, grace)
+            info = await self._call(self.runtime.inspect, watched.container_id)
+        except DockerError:
+            watched.stopping = False  # try again at the next check
+            raise
+        if cancel:
+            METRICS.runs_cancelled.inc()
+        await self._settle(watched, info, stopped_by_agent=True)
+
+    # ------------------------------------------------------------------ settling an exit
+    async def _settle(self, watched: Watched, info: ContainerInfo | None, *,
+                      known: reconcile.RunState | None = None, stopped_by_agent: bool = False) -> None:
+        """Record a finished container in its run (if nobody else did), then stop watching it."""
+        if known is None:
+            known = (await reconcile.run_states(self.cloud, [watched.run_id])).get(watched.run_id)
+        state = known.state if known is not None else None
+        if state == "Cancelling" or (stopped_by_agent and state in CANCEL_STATES):
+            await self._mark_cancelled(watched, info, state, stopped_by_agent)
+        elif state in FAILABLE_STATES and (info is None or info.exit_code != 0 or info.oom_killed):
+            await self._report_exit(watched, info, state)
+        elif state in FAILABLE_STATES:
+            logger.debug("flow run {id}: container {name} exited 0 without a final state; left to the "
+                         "flow runner and the backend", id=watched.run_id, name=watched.name)
+        self.watched.pop(watched.run_id, None)
+        METRICS.containers_running.set(len(self.watched))
+
+    async def _mark_cancelled(self, watched: Watched, info: ContainerInfo | None, state: str | None,
+                              stopped_by_agent: bool) -> None:
+        code = "unknown" if info is None else info.exit_code
+        what = f"Container {watched.name} {'stopped' if stopped_by_agent else 'exited'} (exit code {code})"
+        message = f"{what}; the flow run was already {state}."
+        if state == "Cancelling":
+            message = f"{what}; flow run marked Cancelled."
+        logger.info("flow run {id}: {message}", id=watched.run_id, message=message)
+        await self._run_log(watched.run_id, message, "INFO")  # before the state: it explains the state
+        if state == "Cancelling":
+            cancelled = {**failed_state(f"Flow run cancelled: {what.lower()}"), "type": "Cancelled"}
+            await self.cloud.set_flow_run_state(watched.run_id, cancelled, None)
+
+    async def _report_exit(self, watched: Watched, info: ContainerInfo | None, state: str | None) -> None:
+        if info is not None and info.exit_code == SIGKILLED and not info.oom_killed:
+            # Docker records OOMKilled from a separate kernel event that may land just after `die`.
+            await asyncio.sleep(OOM_EVENT_WAIT_S)
+            info = await self._call(self.runtime.inspect, info.id) or info
+        summary, report = await self._forensics(watched, info, state)
+        logger.error("flow run {id}: {summary}", id=watched.run_id, summary=summary)
+        await self.cloud.write_run_log(watched.run_id, self.agent_name, report, "ERROR")
+        await self.cloud.set_flow_run_state(watched.run_id, failed_state(summary), None)
+        reason = "oom_killed" if info is not None and info.oom_killed else "exit_code"
+        METRICS.runs_failed.labels(reason=reason).inc()
+
+    async def _forensics(self, watched: Watched, info: ContainerInfo | None,
+                         state: str | None) -> tuple[str, str]:
+        """(the Failed state's one-line message, the structured ERROR run log)."""
+        if info is None:
+            summary = f"Flow run container {watched.name} disappeared while the run was {state}"
+            return summary, summary + " (removed outside the agent); its output is lost."
+        killed = " after being OOM-killed (out of memory)" if info.oom_killed else ""
+        summary = f"Flow run container {info.name} exited with code {info.exit_code}{killed}"
+        image = await self._quiet(self.runtime.image_digest, info.image) or info.image_id
+        tail = await self._quiet(self.runtime.logs_tail, info.id, TAIL_LINES)
+        lines = [
+            f"{summary} while the run was {state}.",
+            f"Exit code: {info.exit_code}",
+            f"OOMKilled: {str(info.oom_killed).lower()}",
+            f"Image: {info.image}" + (f" ({image})" if image else ""),
+            f"Container: {info.name} ({info.id[:12]})",
+            cleanup.keep_notice(info.name, self.settings.keep_failed_containers_hours),
+            f"Last {TAIL_LINES} lines of its output:",
+            (tail or "(no output)").rstrip("\n"),
+        ]
+        return summary, "\n".join(lines)
+
+    async def _quiet(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A best-effort Docker read for forensics: None when it fails (the report goes out anyway)."""
+        try:
+            return await self._call(fn, *args)
+        except DockerError as exc:
+            logger.debug("forensics: {error}", error=exc)
+            return None
+
+    async def _run_log(self, run_id: str, message: str, level: str) -> None:
+        try:
+            await self.cloud.write_run_log(run_id, self.agent_name, message, level)
+        except ApiError as exc:
+            logger.warning("flow run {id}: run log not written: {error}", id=run_id, error=exc)
+
+    # ------------------------------------------------------------------ recovery and cleanup
+    async def _recover(self) -> None:
+        found = await reconcile.inventory(self.runtime, self._call, self.agent_name)
+        await reconcile.discard_never_started(self.runtime, self._call, found.never_started)
+        for info in found.running:
+            self._add(_watched(info))
+        await self._settle_unrecorded(found.finished)
+        logger.info("restart recovery: adopted {r} running and {f} finished container(s), removed {n} never "
+                    "started", r=len(found.running), f=len(found.finished), n=len(found.never_started))
+
+    async def _settle_unrecorded(self, finished: list[ContainerInfo]) -> dict[str, reconcile.RunState]:
+        """Exited containers whose run is still active: record their exits. Returns the states read (one
+        query for all), as they were before."""
+        ids = [i.labels.get(FLOW_RUN_LABEL, "") for i in finished]
+        states = await reconcile.run_states(self.cloud, ids) if ids else {}
+        for info in finished:
+            known = states.get(info.labels.get(FLOW_RUN_LABEL, ""))
+            if known is not None and known.state in cleanup.ACTIVE_STATES:
+                await self._settle(_watched(info, known.name), info, known=known)
+        return states
+
+    async def _requeue_orphans(self) -> None:
+        await reconcile.requeue_orphans(
+            self.cloud, self.runtime, self._call, agent_id=self.agent_id, agent_name=self.agent_name,
+            busy=self._busy() | set(self.watched), stale_after=3 * self.settings.heartbeat_interval)
+
+    async def _cleanup(self) -> None:
+        """Record exits the watcher missed (API down at the time), then remove what may go."""
+        infos = await self._call(self.runtime.find, reconcile.agent_labels(self.agent_name), all=True)
+        finished = [i for i in infos if i.status in ("exited", "dead")]
+        if not finished:
+            return
+        states: dict[str, str] | None = None
+        try:
+            found = await self._settle_unrecorded(finished)
+            states = {run_id: run.state or cleanup.GONE for run_id, run in found.items()}
+        except ApiError as exc:
+            logger.debug("cleanup without run states: {error}", error=exc)
+        await cleanup.sweep(self.runtime, self._call, finished, states,
+                            self.settings.keep_failed_containers_hours, self.settings.cleanup_interval)
+

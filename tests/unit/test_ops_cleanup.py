@@ -1,0 +1,50 @@
+"""Which of the agent's containers the cleanup removes, and when (pure decisions, no Docker)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent.cleanup import GONE, keep_notice, removal_reason
+from agent.docker_types import ContainerInfo
+
+NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+
+
+def info(status: str = "exited", code: int | None = 0, oom: bool = False,
+         age_s: float = 120) -> ContainerInfo:
+    finished = (NOW - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    return ContainerInfo(id="c" * 64, name="prefect-x", status=status, labels={}, exit_code=code,
+                         oom_killed=oom, created="", finished_at=None if status == "running" else finished)
+
+
+@pytest.mark.parametrize(("container", "state", "expected"), [
+    (info(), "Success", "succeeded"),
+    (info(), "Cancelled", "succeeded"),
+    (info(), "Scheduled", "succeeded"),  # a retry: the next attempt must not find the old container
+    (info(), GONE, "succeeded"),  # the run was deleted
+    (info(age_s=30), "Success", None),  # younger than one sweep interval: still there to look at
+    (info(), "Failed", None),  # exit 0 but the flow failed: evidence is kept
+    (info(), "Submitted", None),  # exit not recorded in the run yet
+    (info(), None, None),  # the API could not be asked
+    (info(code=1), "Success", None),
+    (info(code=137, oom=True), "Failed", None),
+    (info(code=1, age_s=25 * 3600), "Failed", "expired"),
+    (info(code=0, age_s=25 * 3600), "Submitted", "expired"),
+    (info(code=1, age_s=25 * 3600), None, "expired"),
+    (info(status="running", code=None), "Success", None),
+    (info(status="created", code=None), GONE, None),
+])
+def test_removal_reason(container: ContainerInfo, state: str | None, expected: str | None) -> None:
+    assert removal_reason(container, state, keep_hours=24, min_age_s=60, now=NOW) == expected
+
+
+def test_keep_zero_hours_removes_failed_ones_at_once() -> None:
+    assert removal_reason(info(code=1, age_s=1), "Failed", keep_hours=0, min_age_s=60, now=NOW) == "expired"
+
+
+def test_keep_notice_tells_how_to_read_the_evidence() -> None:
+    assert keep_notice("prefect-x", 24) == ("The container is kept for 24 h on the agent's Docker host for "
+                                            "debugging: docker logs prefect-x")
+    assert "removed at the next cleanup" in keep_notice("prefect-x", 0)
