@@ -24,24 +24,28 @@ from loguru import logger
 
 from agent.backoff import FailureBackoff, IdleBackoff
 from agent.banner import DOCUMENTATION, print_banner
+from agent.claims import CAPABILITY as CLAIMS_CAPABILITY
 from agent.cloud import ApiError, AuthenticationError, CloudClient, TransientApiError
 from agent.docker_runtime import DockerError, DockerRuntime, DockerUnavailable
 from agent.health import HealthServer, HealthState
 from agent.launcher import Identity, flow_api_url
-from agent.logs import configure_logging
+from agent.logs import configure_logging, settings_secrets
 from agent.metrics import METRICS
 from agent.models import FlowRun, iso_now
 from agent.pipeline import Deployer
+from agent.reconcile import host_id
 from agent.settings import Settings, load_settings
 from agent.watcher import Watcher
 
 T = TypeVar("T")
 EXIT_OK, EXIT_STARTUP, EXIT_CONFIG, EXIT_DOCKER = 0, 1, 2, 3
+EXIT_FORCED = 1  # a second signal during the drain: exit at once, launches in flight abandoned
 TOKEN_HINT = "this backend requires a token; pass -t/--token or set PREFECT__CLOUD__AGENT__API_TOKEN"
 
 
 class StartupError(Exception):
-    """The agent cannot start; `exit_code`: 1 backend/auth refusal, 3 Docker unreachable."""
+    """The agent cannot start or must stop; `exit_code`: 1 backend/auth refusal, 2 `HEALTH_ADDRESS` cannot
+    be bound, 3 Docker unreachable (at start, or for `DOCKER_OUTAGE_EXIT_S` while running)."""
 
     def __init__(self, message: str, exit_code: int = EXIT_STARTUP) -> None:
         super().__init__(message)
@@ -72,6 +76,7 @@ class LocalAgent:
         self.health = HealthState.for_settings(settings)  # read by /api/health, /ready (agent.health)
         self.watcher: Watcher | None = None
         self._agent_id = ""
+        self._host_id = ""  # this Docker host's id, recorded in every claim (agent.reconcile)
         METRICS.set_name(settings.name)
         self._busy_threads = 0
         self._busy_lock = threading.Lock()
@@ -87,7 +92,7 @@ class LocalAgent:
     def start(self, configure_logs: bool = True) -> None:
         """Run until stopped; raises `StartupError` when the agent cannot start (the CLI maps exit codes)."""
         if configure_logs:
-            configure_logging(self.settings.level, secrets=[self.settings.token])
+            configure_logging(self.settings.level, secrets=settings_secrets(self.settings))
         try:
             asyncio.run(self.run())
         finally:
@@ -125,6 +130,8 @@ class LocalAgent:
         finally:
             self.health.phase = "stopping"
             await self._drain()
+            if self._deployer is not None:
+                await self._deployer.close()  # buffered run logs are written before the client closes
             if self.watcher is not None:
                 await self.watcher.stop()  # flow containers keep running; the next start adopts them
             await self.cloud.close()
@@ -149,14 +156,15 @@ class LocalAgent:
         assert self.cloud is not None and self._deployer is not None
         self.watcher = Watcher(
             self.settings, self.cloud, self.runtime, self._call, agent_name=self.settings.name,
-            agent_id=self._agent_id, on_docker_down=self._docker_down, busy=lambda: set(self._inflight))
+            agent_id=self._agent_id, on_docker_down=self._docker_down, busy=lambda: set(self._inflight),
+            host_id=self._host_id)
         self._deployer.on_launched = self.watcher.watch
         await self.watcher.start()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
             logger.warning("second {sig}: exiting now", sig=sig.name)
-            os._exit(EXIT_STARTUP)
+            os._exit(EXIT_FORCED)
         logger.info(
             "{sig} received: no new flow runs; waiting up to {t:g}s for {n} launch(es) in flight",
             sig=sig.name,
@@ -172,6 +180,7 @@ class LocalAgent:
             await self._call(self.runtime.ping)
         except DockerUnavailable as exc:
             raise StartupError(str(exc), EXIT_DOCKER) from exc
+        self._host_id = await self._call(host_id, self.runtime)
         logger.debug("Docker daemon at {address} answered", address=self.runtime.address)
 
     async def _connect_backend(self) -> None:
@@ -198,7 +207,8 @@ class LocalAgent:
         self._agent_id = agent_id
         await self.cloud.hello()
         logger.info("Agent successfully connected to Prefect Cloud at {url}", url=self.settings.api)
-        self._long_poll = "long_poll" in await self.cloud.capabilities()
+        capabilities = await self.cloud.capabilities()
+        self._long_poll = "long_poll" in capabilities
         logger.info(
             "Agent {name!r} registered (id {id}), labels {labels}, {mode}",
             name=self.settings.name,
@@ -207,6 +217,8 @@ class LocalAgent:
             mode="long polling" if self._long_poll else "polling",
         )
         self._prepare_launches(tenant_id)
+        assert self._deployer is not None
+        self._deployer.claims.partial = CLAIMS_CAPABILITY in capabilities  # batched claims (agent.claims)
 
     def _prepare_launches(self, tenant_id: str) -> None:
         self.identity = Identity(
@@ -215,6 +227,7 @@ class LocalAgent:
             tenant_id=tenant_id,
             flow_api_url=flow_api_url(self.settings.api, self.settings.flow_api_url),
             networks=list(self.settings.network),  # the first joined at create, the others before start
+            host_id=self._host_id,
         )
         assert self.cloud is not None
         self._deployer = Deployer(
@@ -279,10 +292,13 @@ class LocalAgent:
         """One queue query plus the metadata query; spawns a launch task per claimable run."""
         assert self.cloud is not None and self.identity is not None
         wait = self.settings.long_poll_seconds if self._long_poll else None
+        assert self._deployer is not None  # while we hold enough due runs, a poll would return them again
+        await self._deployer.gate.room_to_poll(self.settings.long_poll_seconds or 10.0)
         ids = await self.cloud.runs_in_queue(
             self.identity.tenant_id, self.settings.labels, iso_now(self.settings.prefetch_seconds), wait
         )
         fresh = [run_id for run_id in ids if run_id not in self._inflight]
+        self._deployer.gate.fresh_last_poll = bool(fresh)
         if not fresh:
             return 0
         runs = await self.cloud.flow_runs(fresh, iso_now(-3.0))

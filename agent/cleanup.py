@@ -1,9 +1,10 @@
 """Container garbage collection: what to remove, and when. Touches only containers with this agent's labels.
 
-Successful containers (exit code 0, not OOM-killed, and the run did not end in a failed state) go at the
+Successful containers (exit code 0, not OOM-killed, and the run neither failed nor was cancelled) go at the
 first cleanup sweep at least one sweep interval after their exit; everything else (failed, OOM-killed,
-cancelled, or a run still Submitted/Running that the watcher has not settled) is kept
+cancelled whatever the exit code, or a run still Submitted/Running that the watcher has not settled) is kept
 `keep_failed_containers_hours` after it finished, so `docker logs` works while someone debugs, then removed.
+A cancelled run is not a successful one: someone stopped it, and may want to see how far it got.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ FINISHED_STATES = frozenset({
     "Cancelled", "Looped", "Finished",
 })
 FAILED_STATES = frozenset({"Failed", "TimedOut", "TriggerFailed", "ValidationFailed"})
+# Runs whose container is kept like a failed run's, whatever its exit code.
+UNSUCCESSFUL_STATES = FAILED_STATES | {"Cancelled"}
 # States in which nobody but the container would report the run's end: its exit must be recorded.
 ACTIVE_STATES = frozenset({"Submitted", "Running", "Cancelling"})
 GONE = "<missing>"  # the run no longer exists in the backend (deleted)
@@ -39,10 +42,10 @@ def finished_at(info: ContainerInfo) -> datetime | None:
 
 
 def succeeded(info: ContainerInfo, run_state: str | None) -> bool:
-    """Exit 0, not OOM-killed, and the run did not end failed (`run_state` None: unknown, so no)."""
+    """Exit 0, not OOM-killed, and the run neither failed nor was cancelled (`run_state` None: unknown)."""
     if info.exit_code != 0 or info.oom_killed or run_state is None:
         return False
-    return run_state == GONE or run_state not in FAILED_STATES | ACTIVE_STATES
+    return run_state == GONE or run_state not in UNSUCCESSFUL_STATES | ACTIVE_STATES
 
 
 def removal_reason(info: ContainerInfo, run_state: str | None, keep_hours: float, min_age_s: float,

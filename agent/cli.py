@@ -1,8 +1,18 @@
-"""`local-agent start | config`: the entry point, the only place that configures logging and builds settings.
+"""`local-agent start | config | check | explain`: the entry point, the only place that configures logging
+and builds settings.
 
-Every setting gets a `start` flag generated from the settings model, so a new field cannot be forgotten.
-Exit codes: 0 clean stop, 1 the backend refused the agent (token, scope, tenant), 2 invalid configuration,
-3 the Docker daemon is unreachable at start.
+Every setting gets a flag generated from the settings model (on each subcommand), so a new field cannot be
+forgotten.
+
+* `start` runs the agent. Exit codes: 0 clean stop after SIGTERM/SIGINT and the drain; 1 the backend refused
+  the agent (token, scope, tenant), a second signal during the drain, or a crash; 2 invalid configuration or
+  an unbindable `HEALTH_ADDRESS`; 3 the Docker daemon unreachable at start, or for `DOCKER_OUTAGE_EXIT_S`
+  while running.
+* `config` prints the effective settings as JSON, secrets masked: 0, or 2 on invalid configuration.
+* `explain FLOW_RUN_ID` prints the container the agent would create for a run (claims nothing): 0 when
+  explained, whatever the verdict; 1 when the run cannot be read; 2 on invalid configuration.
+* `check` asks the running agent's health server: 0 healthy, 1 anything else, invalid configuration and
+  bad arguments included. Docker reserves exit code 2 of a HEALTHCHECK command ("reserved, do not use").
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from agent import __version__
 from agent.settings import Settings, effective_config, env_name, load_settings
 
 EXIT_CONFIG = 2
+EXIT_UNHEALTHY = 1  # `check`: the only failure code a Docker HEALTHCHECK command may use
 # Short and historical flag names (Prefect's `prefect agent local start` used -t, -l, -e, -n).
 FLAG_NAMES: dict[str, list[str]] = {
     "api_token": ["-t", "--token"],
@@ -85,14 +96,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
+def _is_check(argv: Sequence[str] | None) -> bool:
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    return bool(words) and words[0] == "check"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse exits 2 on bad arguments; for `check` (a HEALTHCHECK command) that becomes 1."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None) and _is_check(argv):
+            raise SystemExit(EXIT_UNHEALTHY) from None
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
         errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         print(f"local-agent: invalid configuration: {errors}", file=sys.stderr)  # no traceback wall
-        return EXIT_CONFIG
+        return EXIT_UNHEALTHY if args.command == "check" else EXIT_CONFIG
     if args.command == "config":
         print(json.dumps(effective_config(settings), indent=2, sort_keys=True))
         return 0
@@ -114,9 +140,9 @@ def run_agent(settings: Settings) -> int:
     from loguru import logger
 
     from agent.agent import LocalAgent, StartupError
-    from agent.logs import configure_logging
+    from agent.logs import configure_logging, settings_secrets
 
-    configure_logging(settings.level, secrets=[settings.token])
+    configure_logging(settings.level, secrets=settings_secrets(settings))
     try:
         LocalAgent(settings).start(configure_logs=False)
     except StartupError as exc:

@@ -1,10 +1,11 @@
 """The GraphQL boundary: every operation the agent sends to Prefect Cloud / Server 1.x (or our server).
 
-One gql `Client` over aiohttp, connected once. Documents are the named files in `agent/operations/`
-(validated against the contract SDL in the tests, never at runtime: a harmless server-side schema addition
-must not break the agent). Callers get typed results and one error tree: `TransientApiError` (connection
-errors, timeouts, 5xx: retried here a few times, then the caller backs off), `AuthenticationError`,
-`StateUpdateFailed` (another agent won the run) and `ApiError` for everything else.
+One aiohttp session (`agent.transport`, which says why not gql), connected once. Documents are the named
+files in `agent/operations/`, sent as text (validated against the contract SDL in the tests, never at
+runtime: a harmless server-side schema addition must not break the agent). Callers get typed results and
+one error tree: `TransientApiError` (connection errors, timeouts, 5xx: retried here a few times, then the
+caller backs off), `AuthenticationError`, `StateUpdateFailed` (another agent won the run) and `ApiError`
+for everything else.
 """
 
 from __future__ import annotations
@@ -16,20 +17,12 @@ from typing import Any
 
 import aiohttp
 import tenacity
-from gql import Client, GraphQLRequest
-from gql.transport.aiohttp import AIOHTTPTransport
-from gql.transport.exceptions import (
-    TransportClosed,
-    TransportConnectionFailed,
-    TransportProtocolError,
-    TransportQueryError,
-    TransportServerError,
-)
 from loguru import logger
 
 from agent import __version__
 from agent.metrics import METRICS
 from agent.models import PREFECT_WIRE_VERSION, FlowRun
+from agent.transport import GraphQLHttp, HttpStatusError, TransportError
 
 
 class ApiError(Exception):
@@ -70,14 +63,14 @@ def classify_errors(errors: list[dict[str, Any]]) -> ApiError:
 
 def classify_exception(exc: BaseException) -> ApiError:
     """401/403 auth errors, other 4xx permanent, the rest (5xx, network, timeout) transient."""
-    if isinstance(exc, TransportServerError):
+    if isinstance(exc, HttpStatusError):
         code = exc.code
         if code in (401, 403):
             return AuthenticationError(f"HTTP {code}: {exc}")
         if code is not None and 400 <= code < 500 and code != 429:
             return ApiError(f"HTTP {code}: {exc}")
         return TransientApiError(f"HTTP {code}: {exc}")
-    if isinstance(exc, TransportConnectionFailed | TransportClosed | TransportProtocolError):
+    if isinstance(exc, TransportError):  # not a GraphQL answer (a proxy's error page), or not connected
         return TransientApiError(str(exc) or type(exc).__name__)
     if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
         return TransientApiError(f"{type(exc).__name__}: {exc}".rstrip(": "))
@@ -100,16 +93,13 @@ class CloudClient:
         self._attempts = attempts
         self._cloud = token is not None
         self._dynamic: dict[str, str] = {}
-        self._client = Client(transport=AIOHTTPTransport(url=url, headers=headers), execute_timeout=None)
-        self._session: Any = None
+        self._http = GraphQLHttp(url, headers)
 
     async def connect(self) -> None:
-        self._session = await self._client.connect_async(reconnecting=False)
+        await self._http.connect()
 
     async def close(self) -> None:
-        if self._session is not None:
-            self._session = None
-            await self._client.close_async()
+        await self._http.close()
 
     def set_agent_id(self, agent_id: str) -> None:
         self._dynamic["X-PREFECT-AGENT-ID"] = agent_id
@@ -142,23 +132,16 @@ class CloudClient:
     async def _execute_once(
         self, name: str, variables: dict[str, Any] | None, timeout: float
     ) -> dict[str, Any]:
-        if self._session is None:
+        if not self._http.connected:
             raise TransientApiError("not connected")
-        request = GraphQLRequest(operation(name), variable_values=variables)
         try:
             async with asyncio.timeout(timeout):
-                result = await self._session.execute(
-                    request, get_execution_result=True, extra_args={"headers": dict(self._dynamic)}
-                )
-        except ApiError:
-            raise
-        except TransportQueryError as exc:
-            raise classify_errors(exc.errors or [{"message": str(exc)}]) from exc
+                result = await self._http.post(operation(name), variables, dict(self._dynamic))
         except Exception as exc:  # noqa: BLE001 - every transport failure is classified, none escapes raw
             raise classify_exception(exc) from exc
-        if result.errors:
-            raise classify_errors(result.errors)
-        return result.data or {}
+        if result.get("errors"):
+            raise classify_errors(result["errors"])
+        return result.get("data") or {}
 
     # ------------------------------------------------------------------ start-up (§3.1, §3.2)
 

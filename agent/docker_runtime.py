@@ -157,6 +157,11 @@ class DockerRuntime:
         with self._errors("read the version"):
             return dict(self._client().version())
 
+    def info(self) -> dict[str, Any]:
+        """The daemon's `docker info` payload (ID, Name, ...): `ID` identifies the Docker host."""
+        with self._errors("read the daemon info"):
+            return dict(self._client().info())
+
     # -- images
     def image_present(self, image: str) -> bool:
         return self.image_id(image) is not None
@@ -386,7 +391,7 @@ class DockerRuntime:
         with self._errors("follow events"):
             return self._client().api.events(since=since, filters=filters, decode=True)
 
-    def follow_logs(self, container_id: str, since: int | None = None) -> Any:
+    def follow_logs(self, container_id: str, since: float | None = None) -> Any:
         """A blocking stream of the container's output chunks (`--show-flow-logs`); `close()` ends it."""
         with self._errors("follow container logs"):
             try:

@@ -27,7 +27,7 @@ from agent.launcher import (
     resolve_image,
 )
 from agent.launcher import should_pull as policy_says_pull
-from agent.logs import Masker
+from agent.logs import Masker, settings_secrets
 from agent.models import FlowRun
 from agent.policy import Policy, PolicyDenied, human_bytes, normalize_image
 from agent.settings import Settings
@@ -124,7 +124,7 @@ def _pull(result: Explanation, settings: Settings, image: str, present: bool | N
 def _mask(key: str, value: str, settings: Settings) -> str:
     if value and key.upper().endswith(_SECRET_SUFFIXES):
         return "***"
-    return Masker([settings.token])(value)
+    return Masker(settings_secrets(settings))(value)
 
 
 def _env_source(key: str, run: FlowRun, settings: Settings) -> str:

@@ -4,6 +4,9 @@ Prefect 1.x's `--show-flow-logs` (PR #1929) did this for local debugging; the ba
 own logs as usual. One daemon thread per container follows `docker logs -f`; lines are masked like the
 agent's own log (a flow printing its environment must not leak the agent's token) and rate-limited per
 container, so one chatty flow cannot drown the agent's log: dropped lines are counted and reported.
+
+A container adopted after a restart is followed from the given `since` (the watcher's start), not from its
+own start: the previous agent process already printed what came before.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, TextIO
 from loguru import logger
 
 from agent.docker_types import ContainerNotFound, DockerError, is_timeout
-from agent.logs import Masker
+from agent.logs import SECRETS, Masker
 
 RATE_LINES_PER_S = 200.0
 BURST_LINES = 1000.0
@@ -41,7 +44,11 @@ class RateLimit:
 
 
 class FlowLogStreamer:
-    """Follows the output of the containers it is given until they exit or `stop()` is called."""
+    """Follows the output of the containers it is given until they exit or `stop()` is called.
+
+    Lines are masked with `secrets` and with the process's registry `agent.logs.SECRETS` (which learns
+    rotated registry passwords while the agent runs).
+    """
 
     def __init__(self, runtime: Any, secrets: list[str | None], stream: TextIO | None = None) -> None:
         self.runtime = runtime
@@ -51,11 +58,12 @@ class FlowLogStreamer:
         self._streams: dict[str, Any] = {}
         self._stopped = threading.Event()
 
-    def follow(self, container_id: str, prefix: str) -> None:
+    def follow(self, container_id: str, prefix: str, since: float | None = None) -> None:
+        """Print the container's output from `since` (Unix time; None: from its start) until it exits."""
         if self._stopped.is_set() or container_id in self._streams:
             return
         self._streams[container_id] = None
-        threading.Thread(target=self._run, args=(container_id, prefix), daemon=True,
+        threading.Thread(target=self._run, args=(container_id, prefix, since), daemon=True,
                          name=f"flow-logs-{container_id[:12]}").start()
 
     def stop(self) -> None:
@@ -67,8 +75,7 @@ class FlowLogStreamer:
                 except Exception:  # noqa: BLE001 - best effort: the thread is a daemon anyway
                     pass
 
-    def _run(self, container_id: str, prefix: str) -> None:
-        since: int | None = None
+    def _run(self, container_id: str, prefix: str, since: float | None) -> None:
         limit = RateLimit()
         try:
             while not self._stopped.is_set():
@@ -83,7 +90,7 @@ class FlowLogStreamer:
                 self._streams[container_id] = stream
                 if self._pump(stream, prefix, limit):
                     return  # the container exited: its stream ended
-                since = int(time.time())  # idle past docker-py's read timeout: follow again from now
+                since = time.time()  # idle past docker-py's read timeout: follow again from now
         finally:
             self._streams.pop(container_id, None)
 
@@ -111,5 +118,5 @@ class FlowLogStreamer:
             if limit.dropped:
                 self._out.write(f"{prefix} | ... {limit.dropped} line(s) dropped (rate limit)\n")
                 limit.dropped = 0
-            self._out.write(self._mask(f"{prefix} | {text}") + "\n")
+            self._out.write(SECRETS(self._mask(f"{prefix} | {text}")) + "\n")
             self._out.flush()

@@ -28,6 +28,7 @@ LABEL_FLOW_RUN_ID = "io.prefect.flow-run-id"
 LABEL_FLOW_ID = "io.prefect.flow-id"
 LABEL_FLOW_NAME = "io.prefect.flow-name"
 LABEL_AGENT = "io.local-agent.agent"
+LABEL_FLOW_RUN_NAME = "io.local-agent.flow-run-name"  # `--show-flow-logs` prefix after a restart
 FLOW_RUNNER = "prefect.engine.cloud.CloudFlowRunner"
 TASK_RUNNER = "prefect.engine.cloud.CloudTaskRunner"
 
@@ -54,6 +55,7 @@ class Identity:
     tenant_id: str
     flow_api_url: str
     networks: list[str]
+    host_id: str = ""  # the Docker host's id (reconcile.host_id), recorded in every claim
 
 
 def pull_policy(settings: Settings) -> PullPolicy:
@@ -191,6 +193,7 @@ def container_labels(run: FlowRun, agent_name: str, extra: dict[str, str] | None
         LABEL_FLOW_ID: run.flow.id,
         LABEL_FLOW_NAME: run.flow.name,
         LABEL_AGENT: agent_name,
+        **({LABEL_FLOW_RUN_NAME: run.name} if run.name else {}),
     }
 
 

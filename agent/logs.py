@@ -2,6 +2,10 @@
 
 The line format is the Prefect 0.6 agent's (`2019-10-21 09:13:32,457 - agent - INFO - Starting LocalAgent`),
 so people who grep agent logs keep their habits. Library modules only `from loguru import logger`.
+
+`SECRETS` is the process's one registry of values to mask: the entry point fills it from the settings
+(`settings_secrets`: API token, registry passwords, the contents of password files) and whoever later
+reads a secret (a rotated password file) adds it. The agent's log and `--show-flow-logs` both mask with it.
 """
 
 from __future__ import annotations
@@ -9,10 +13,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss,SSS} - agent - {level} - {message}"
 # gql logs whole request/response bodies at DEBUG, urllib3/docker log headers: they could carry credentials.
@@ -26,13 +35,52 @@ class Masker:
     """Replaces every known secret (and any `Bearer <x>` value) with `***`."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        # Longest first so a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+        self.add(*secrets)
+
+    def add(self, *secrets: str | None) -> None:
+        """Mask these too (thread-safe; readers see the old or the new tuple, never a partial one)."""
+        fresh = {s for s in secrets if s and len(s) >= 4}
+        if fresh.issubset(self._secrets):
+            return
+        with self._lock:
+            # Longest first so a secret containing another is masked whole.
+            self._secrets = tuple(sorted(fresh.union(self._secrets), key=len, reverse=True))
+
+    def reset(self, secrets: Iterable[str | None] = ()) -> None:
+        with self._lock:
+            self._secrets = ()
+        self.add(*secrets)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         return _BEARER.sub(rf"\g<1>{MASK}", text)
+
+
+SECRETS = Masker()  # every secret this process knows (see the module docstring)
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """Every secret in `settings`: the API token, and each registry's password or password file content."""
+    from agent.registry_auth import parse_credentials  # settings -> registry_auth: keep logs import-light
+
+    found = [settings.token or ""]
+    raw = settings.registry_credentials.get_secret_value() if settings.registry_credentials else ""
+    try:
+        credentials = parse_credentials(raw) if raw else {}
+    except ValueError:  # settings validated it already; nothing to add from a value that does not parse
+        credentials = {}
+    for credential in credentials.values():
+        if credential.password is not None:
+            found.append(credential.password)
+        elif credential.password_file:
+            try:
+                found.append(Path(credential.password_file).read_text().strip())
+            except OSError:  # unreadable now: the pull reports it, and registers it once it reads it
+                pass
+    return [s for s in found if s]
 
 
 class _StdlibToLoguru(logging.Handler):
@@ -64,8 +112,12 @@ def _masking_sink(stream: TextIO, mask: Masker) -> Callable[[Any], None]:
 def configure_logging(
     level: str = "INFO", secrets: Iterable[str | None] = (), stream: TextIO | None = None
 ) -> None:
-    """Install the agent's single sink. Called by the entry point only (cli / LocalAgent.start)."""
-    mask = Masker(secrets)
+    """Install the agent's single sink. Called by the entry point only (cli / LocalAgent.start).
+
+    `secrets` replace the contents of `SECRETS`, which masks every line from then on.
+    """
+    SECRETS.reset(secrets)
+    mask = SECRETS
     logger.remove()
 
     def patch(record: Any) -> None:

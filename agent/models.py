@@ -17,6 +17,8 @@ SCHEDULED_STATES = frozenset({"Scheduled", "Paused", "Resume", "Retrying", "Queu
 PREFECT_WIRE_VERSION = "1.4.1"
 # Run-config types the Docker-style launch understands; anything else is refused with a clear message.
 DOCKER_RUN_CONFIGS = frozenset({"DockerRun", "UniversalRun"})
+# The key, in a Submitted state's `context`, naming the Docker host whose agent claimed the run (reconcile).
+AGENT_HOST_KEY = "agent_host"
 
 
 class Flow(BaseModel):
@@ -89,13 +91,14 @@ def iso_now(offset_seconds: float = 0.0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=offset_seconds)).isoformat()
 
 
-def _state(type_: str, message: str | None, **extra: Any) -> dict[str, Any]:
+def _state(type_: str, message: str | None, context: dict[str, Any] | None = None,
+           **extra: Any) -> dict[str, Any]:
     """A state in the exact JSON shape the Prefect 1.4.1 client serializes (§4.8)."""
     return {
         "type": type_,
         "message": message,
         **extra,
-        "context": {},
+        "context": context or {},
         "cached_inputs": {},
         "_result": {"type": "NoResultType", "__version__": PREFECT_WIRE_VERSION},
         "__version__": PREFECT_WIRE_VERSION,
@@ -103,10 +106,23 @@ def _state(type_: str, message: str | None, **extra: Any) -> dict[str, Any]:
 
 
 def submitted_state(
-    wrapped: dict[str, Any] | None, message: str = "Submitted for execution"
+    wrapped: dict[str, Any] | None, message: str = "Submitted for execution", *, agent_host: str | None = None
 ) -> dict[str, Any]:
-    """`Submitted` wrapping the current state, as §3.4 step 2 sends it."""
-    return _state("Submitted", message, state=wrapped or {"type": "Scheduled"})
+    """`Submitted` wrapping the current state, as §3.4 step 2 sends it: THE claim every path sends.
+
+    `agent_host` (the claiming agent's Docker host, `reconcile.host_id`) goes into the state's `context`, a
+    plain Prefect `State` field the backend stores and the flow runner ignores: agents of the same name on
+    two hosts share one agent id, and only the host that claimed a run may decide it was never launched.
+    """
+    context = {AGENT_HOST_KEY: agent_host} if agent_host else None
+    return _state("Submitted", message, context, state=wrapped or {"type": "Scheduled"})
+
+
+def claimed_on(serialized: dict[str, Any] | None) -> str | None:
+    """The Docker host recorded by `submitted_state`, None when the state carries no marker."""
+    context = (serialized or {}).get("context")
+    host = context.get(AGENT_HOST_KEY) if isinstance(context, dict) else None
+    return host if isinstance(host, str) and host else None
 
 
 def failed_state(message: str) -> dict[str, Any]:

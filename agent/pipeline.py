@@ -8,6 +8,7 @@ Docker daemon never fails a run (it is put back in the queue); losing the claim 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -16,8 +17,10 @@ from loguru import logger
 
 from agent import registry_auth
 from agent.capacity import Capacity
+from agent.claims import ClaimBatcher, LaunchGate
 from agent.cloud import ApiError, CloudClient, StateUpdateFailed
 from agent.docker_runtime import (
+    ContainerSpec,
     DockerError,
     DockerRuntime,
     DockerUnavailable,
@@ -41,6 +44,8 @@ from agent.launcher import should_pull as policy_says_pull
 from agent.metrics import METRICS
 from agent.models import FlowRun, failed_state, iso_now, scheduled_state, submitted_state
 from agent.policy import Policy, PolicyDenied
+from agent.prelaunch import PREPARE_LEAD_S, DockerProbe, ImagePresence
+from agent.run_logs import RunLogBuffer
 from agent.settings import Settings
 
 T = TypeVar("T")
@@ -69,7 +74,12 @@ class Deployer:
     ) -> None:
         self.settings, self.cloud, self.runtime, self.identity = settings, cloud, runtime, identity
         self._call, self._stop, self._on_docker_down = call, stop, on_docker_down
-        self._slots = asyncio.Semaphore(settings.max_concurrent_launches)
+        # agent.claims: claim-ahead window + launch slots; batched claims; agent.run_logs; agent.prelaunch
+        self.gate = LaunchGate(settings.max_concurrent_launches)
+        self.claims = ClaimBatcher(cloud, partial=False, hold=self.gate.hold_claims)  # agent enables it
+        self.gate.on_ready_drop = self.claims.poke
+        self.run_logs = RunLogBuffer(cloud)
+        self.probe, self.images = DockerProbe(runtime, call), ImagePresence(runtime, call)
         self.policy: PullPolicy = pull_policy(settings)
         self.run_policy = Policy.from_settings(settings)
         self.capacity = Capacity(settings.max_concurrent_runs, self._count_running)
@@ -78,7 +88,7 @@ class Deployer:
         """The whole pipeline for `run`; never raises (every outcome is logged or reported)."""
         if not await self.wait_until_start(run):
             return
-        async with self._slots:  # runs sleeping until their start time hold no slot
+        async with self.gate.ticket() as ticket:  # runs sleeping until their start time hold no place
             if self._stop.is_set() or not await self.docker_ready(run):
                 return
             if not await self.capacity.acquire(run.id):  # at MAX_CONCURRENT_RUNS: stays Scheduled
@@ -86,10 +96,16 @@ class Deployer:
             try:
                 if not await self.claim(run):
                     return
-                async with run_heartbeats(self.cloud, run.id, self.settings.heartbeat_interval):
+                async with ticket.launching(), run_heartbeats(self.cloud, run.id,
+                                                              self.settings.heartbeat_interval):
                     await self.launch_claimed(run)
             finally:
                 await self.capacity.release(run.id)
+
+    async def close(self) -> None:
+        """After the drain: no claim left waiting, every buffered run log written."""
+        await self.claims.close()
+        await self.run_logs.close()
 
     async def wait_until_start(self, run: FlowRun) -> bool:
         """Sleep until the state's start_time (prefetched runs); False when the agent stops meanwhile."""
@@ -97,16 +113,33 @@ class Deployer:
         delay = (start - datetime.now(UTC)).total_seconds() if start else 0.0
         if delay > 0:
             logger.debug("flow run {id} starts in {delay:.2f}s", id=run.id, delay=delay)
-            try:
-                await asyncio.wait_for(self._stop.wait(), delay)
-            except TimeoutError:
-                pass
+            until = asyncio.get_running_loop().time() + delay
+            if delay > PREPARE_LEAD_S and not await self._sleep(delay - PREPARE_LEAD_S):
+                return False
+            await self.prepare(run)  # Docker facts before the due time; the claim waits for it
+            await self._sleep(until - asyncio.get_running_loop().time())
         return not self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """False when the agent stops meanwhile."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+        return not self._stop.is_set()
+
+    async def prepare(self, run: FlowRun) -> None:
+        """Warm what the launch at the due time asks Docker (ping, image presence); failures wait for it."""
+        try:
+            image = resolve_image(run)
+            await self.probe.ping()
+            await self.images.present(image)
+        except (LaunchError, DockerError) as exc:
+            logger.debug("flow run {id}: not prepared ahead: {error}", id=run.id, error=exc)
 
     async def docker_ready(self, run: FlowRun) -> bool:
         """Claim nothing while our own daemon is away: the run stays Scheduled for a later poll."""
         try:
-            await self._call(self.runtime.ping)
+            await self.probe.ping()
         except DockerUnavailable as exc:
             logger.warning("not claiming flow run {id}: {error}", id=run.id, error=exc)
             self._on_docker_down(exc)
@@ -117,9 +150,8 @@ class Deployer:
         """Set Submitted (wrapping the current state) with the version read, before anything is launched."""
         try:
             if run.is_scheduled:
-                await self.cloud.set_flow_run_state(
-                    run.id, submitted_state(run.serialized_state), run.version
-                )
+                state = submitted_state(run.serialized_state, agent_host=self.identity.host_id)
+                await self.claims.set_state(run.id, state, run.version)
         except StateUpdateFailed as exc:
             logger.debug("flow run {id} was claimed by another agent ({error})", id=run.id, error=exc)
             return False
@@ -147,10 +179,9 @@ class Deployer:
             spec = plan.spec
             logger.debug("container spec for flow run {id}: {spec}", id=run.id, spec=describe(spec))
             # A claimed run's old exited container (a reschedule or retry of the run) makes way for this one.
-            result = await self._call(self.runtime.launch, spec, replace_exited=True)
+            result = await self.launch_container(run, image, spec)
         except DockerUnavailable as exc:
             self._on_docker_down(exc)
-            METRICS.runs_requeued.labels(reason="docker_unavailable").inc()
             await self.requeue(run, exc)
             return
         except (LaunchError, PolicyDenied, DockerError) as exc:
@@ -159,15 +190,24 @@ class Deployer:
             return
         await self.report(run, result)
 
+    async def launch_container(self, run: FlowRun, image: str, spec: ContainerSpec) -> LaunchResult:
+        """Create + start; an image gone since it was seen (agent.prelaunch) gets the pull policy again."""
+        try:
+            return await self._call(self.runtime.launch, spec, replace_exited=True)
+        except ImageNotFound:
+            self.images.forget(image)
+            await self.ensure_image(run, image)
+            return await self._call(self.runtime.launch, spec, replace_exited=True)
+
     async def ensure_image(self, run: FlowRun, image: str) -> None:
         """Apply the pull policy; pulls happen here, in the run's own task, never in the poll loop."""
-        present = await self._call(self.runtime.image_present, image)
+        present = await self.images.present(image)
         if not policy_says_pull(self.policy, image, present):
             if not present:
                 raise ImageNotFound(image)
             return
         logger.info("pulling image {image} for flow run {id}", image=image, id=run.id)
-        await self.cloud.write_run_log(run.id, self.identity.agent_name, f"Pulling image {image}", "INFO")
+        self.run_logs.add(run.id, self.identity.agent_name, f"Pulling image {image}", "INFO")
 
         def progress(*args: Any) -> None:
             logger.info("{progress}", progress=args[0] if args else "pulling " + image)
@@ -200,7 +240,7 @@ class Deployer:
         plan = plan_container(run, image, self.settings, self.identity, self.run_policy)
         for notice in plan.notices:
             logger.warning("flow run {id}: {notice}", id=run.id, notice=notice)
-            await self.cloud.write_run_log(run.id, self.identity.agent_name, notice, "WARNING")
+            self.run_logs.add(run.id, self.identity.agent_name, notice, "WARNING")
         return plan
 
     async def ensure_volumes(self, plan: ContainerPlan) -> None:
@@ -230,15 +270,13 @@ class Deployer:
             cid=result.container_id[:12],
         )
         message = f"Submitted for execution: Container ID: {result.container_id}"
-        try:
-            await self.cloud.write_run_log(run.id, self.identity.agent_name, message, "INFO")
-        except ApiError as exc:  # the container runs and reports on its own; only our log line is lost
-            logger.warning("flow run {id}: run log not written: {error}", id=run.id, error=exc)
+        self.run_logs.add(run.id, self.identity.agent_name, message, "INFO")  # batched (agent.run_logs)
 
     async def fail(self, run: FlowRun, message: str) -> None:
         """ERROR run log + Failed state; version None, as a stale one is refused under locking (§4.3)."""
         logger.error("flow run {id} failed to launch: {error}", id=run.id, error=message)
         try:
+            await self.run_logs.flush()  # what the run logged before comes first
             await self.cloud.write_run_log(run.id, self.identity.agent_name, message, "ERROR")
             await self.cloud.set_flow_run_state(run.id, failed_state(message), None)
         except ApiError as exc:
@@ -254,3 +292,5 @@ class Deployer:
             await self.cloud.set_flow_run_state(run.id, state, None)
         except ApiError as api_exc:
             logger.error("flow run {id}: could not reschedule: {error}", id=run.id, error=api_exc)
+            return
+        METRICS.runs_requeued.labels(reason="docker_unavailable").inc()  # only once it is back in the queue

@@ -12,10 +12,16 @@ for, and Prefect Server's own Lazarus would do the same after 10 minutes. To lea
 is still launching alone, a run qualifies only once its heartbeat (kept fresh by `agent.heartbeats` while a
 launch is in flight) is older than three heartbeat intervals. A second container for a run is impossible on
 one host anyway: its container name derives from the run id.
+
+Agents with the same name and labels on two Docker hosts share one registered agent id, so the agent id does
+not say WHERE a run was claimed. Every claim therefore records the claiming Docker host (`host_id`, in the
+Submitted state's `context`, see `models.submitted_state`), and only that host may reschedule the run: host B
+cannot see host A's containers. Runs whose Submitted state has no marker are left to the backend.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,10 +30,10 @@ from typing import Any
 from loguru import logger
 
 from agent.cloud import ApiError, CloudClient, StateUpdateFailed
-from agent.docker_types import FLOW_RUN_LABEL, ContainerInfo
+from agent.docker_types import FLOW_RUN_LABEL, ContainerInfo, DockerError
 from agent.launcher import LABEL_AGENT
 from agent.metrics import METRICS
-from agent.models import iso_now, parse_time, scheduled_state
+from agent.models import claimed_on, iso_now, parse_time, scheduled_state
 
 ORPHAN_MESSAGE = ("Rescheduled by agent {agent!r}: it had claimed this run but no container was created "
                   "(the agent stopped between claiming and launching)")
@@ -93,18 +99,72 @@ def _age_seconds(row: dict[str, Any]) -> float:
     return (datetime.now(UTC) - max(stamps)).total_seconds()
 
 
-async def requeue_orphans(cloud: CloudClient, runtime: Any, call: Call, *, agent_id: str, agent_name: str,
-                          busy: set[str], stale_after: float) -> int:
-    """Put this agent's Submitted runs without a container back to Scheduled; returns how many."""
+async def submitted_ids(cloud: CloudClient, agent_id: str) -> set[str]:
+    """The runs this agent id holds in Submitted, listed at start before the first claim: the candidates."""
     data = await cloud.execute("submitted_runs", {"agent_id": agent_id})
+    return {str(row["id"]) for row in data.get("flow_run") or []}
+
+
+def host_id(runtime: Any) -> str:
+    """This Docker host's id, recorded in every claim (blocking: run it in the thread pool).
+
+    The daemon's `docker info` ID: stable across daemon and agent restarts and the same through any socket
+    or proxy to that daemon, which is what matters (containers live there). The hostname is the fallback.
+    """
+    try:
+        found = runtime.info().get("ID")
+    except DockerError as exc:
+        logger.debug("docker info failed, the hostname identifies this host: {error}", error=exc)
+        found = None
+    return str(found) if found else f"host:{socket.gethostname()}"
+
+
+def _claimed_here(row: dict[str, Any], host: str) -> bool:
+    """Only the Docker host that claimed a run may conclude that it never got a container."""
+    claimed = claimed_on(row.get("serialized_state"))
+    if claimed is not None and claimed == host:
+        return True
+    if claimed is None:
+        logger.info("flow run {id}: Submitted without the claiming host's id (claimed by an older agent); "
+                    "not rescheduled by this agent, the backend's zombie handling covers it", id=row["id"])
+    else:
+        logger.debug("flow run {id}: claimed on Docker host {host}, not this one; left alone",
+                     id=row["id"], host=claimed)
+    return False
+
+
+async def requeue_orphans(cloud: CloudClient, runtime: Any, call: Call, *, agent_id: str, agent_name: str,
+                          host: str, busy: set[str], stale_after: float,
+                          candidates: set[str] | None = None) -> int:
+    """Put this agent's Submitted runs without a container back to Scheduled; returns how many.
+
+    `candidates` (updated in place): the runs Submitted before this process claimed anything. Only those
+    may be requeued: a run this process claimed is never an orphan of it (its launch is in flight, done,
+    or reported), whatever happened to its container since. Candidates that left Submitted are dropped,
+    and so are runs claimed on another Docker host than `host` (see `host_id`) or without a host marker:
+    they never become ours.
+    """
+    data = await cloud.execute("submitted_runs", {"agent_id": agent_id})
+    rows = data.get("flow_run") or []
+    if candidates is not None:
+        candidates.intersection_update(str(row["id"]) for row in rows)
+        rows = [row for row in rows if str(row["id"]) in candidates]
     requeued = 0
-    for row in data.get("flow_run") or []:
+    for row in rows:
         run_id = str(row["id"])
-        if run_id in busy or _age_seconds(row) < stale_after:
+        if run_id in busy:
+            continue
+        if not _claimed_here(row, host):
+            if candidates is not None:
+                candidates.discard(run_id)
+            continue
+        if _age_seconds(row) < stale_after:
             continue
         if await call(runtime.find_by_label, FLOW_RUN_LABEL, run_id):
             continue  # it has a container (maybe another agent's, on this host): not an orphan
         requeued += await _requeue(cloud, run_id, row.get("version"), agent_name)
+        if candidates is not None:
+            candidates.discard(run_id)
     return requeued
 
 

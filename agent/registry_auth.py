@@ -27,6 +27,7 @@ import docker.utils.config
 
 from agent.docker_types import ImagePullError
 from agent.images import split_image
+from agent.logs import SECRETS
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "docker.io"}
@@ -46,10 +47,12 @@ class RegistryCredential:
             return self.password
         assert self.password_file is not None
         try:
-            return Path(self.password_file).read_text().strip()
+            password = Path(self.password_file).read_text().strip()
         except OSError as exc:
             message = f"cannot read password_file {self.password_file}: {exc.strerror}"
             raise ImagePullError("", message) from exc
+        SECRETS.add(password)  # a rotated password is masked from the moment the agent knows it
+        return password
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ from agent.docker_types import (
     container_name_for,
 )
 from agent.flow_logs import FlowLogStreamer
-from agent.launcher import LABEL_FLOW_NAME
+from agent.launcher import LABEL_FLOW_NAME, LABEL_FLOW_RUN_NAME
+from agent.logs import settings_secrets
 from agent.metrics import METRICS
 from agent.models import FlowRun, failed_state
 from agent.settings import Settings
@@ -49,6 +50,7 @@ TAIL_LINES = 50
 SIGKILLED, OOM_EVENT_WAIT_S = 137, 1.0
 CANCEL_STATES = frozenset({"Cancelling", "Cancelled"})
 FAILABLE_STATES = frozenset({"Submitted", "Running"})
+EVENT_BATCH_S = 0.5  # Docker events are gathered this long before they are handled
 
 
 @dataclass
@@ -64,8 +66,11 @@ class Watched:
 
 
 def _watched(info: ContainerInfo, run_name: str | None = None) -> Watched:
-    run_id = info.labels.get(FLOW_RUN_LABEL, "")
-    return Watched(run_id, info.id, info.name, run_name or info.labels.get(LABEL_FLOW_NAME) or run_id)
+    """A container found in Docker (adopted): its run name from the label set at launch, if it has one."""
+    labels = info.labels
+    run_id = labels.get(FLOW_RUN_LABEL, "")
+    name = run_name or labels.get(LABEL_FLOW_RUN_NAME) or labels.get(LABEL_FLOW_NAME) or run_id
+    return Watched(run_id, info.id, info.name, name)
 
 
 class EventFollower:
@@ -107,9 +112,10 @@ class Watcher:
 
     def __init__(self, settings: Settings, cloud: CloudClient, runtime: Any,
                  call: Callable[..., Awaitable[Any]], *, agent_name: str, agent_id: str,
-                 on_docker_down: Callable[[DockerUnavailable], None], busy: Callable[[], set[str]]) -> None:
+                 on_docker_down: Callable[[DockerUnavailable], None], busy: Callable[[], set[str]],
+                 host_id: str = "") -> None:
         self.settings, self.cloud, self.runtime, self._call = settings, cloud, runtime, call
-        self.agent_name, self.agent_id = agent_name, agent_id
+        self.agent_name, self.agent_id, self.host_id = agent_name, agent_id, host_id
         self._on_docker_down, self._busy = on_docker_down, busy
         self.watched: dict[str, Watched] = {}
         self._events: list[tuple[str, str]] = []
@@ -118,14 +124,20 @@ class Watcher:
         self._main: asyncio.Task[None] | None = None
         self._stops = asyncio.Semaphore(4)
         self._next_cleanup = 0.0
+        self._orphans: set[str] = set()  # runs Submitted before this process claimed any (reconcile)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._follower = EventFollower(runtime, reconcile.agent_labels(agent_name), self._notify)
-        self.flow_logs = FlowLogStreamer(runtime, [settings.token]) if settings.show_flow_logs else None
+        show = settings.show_flow_logs
+        self.flow_logs = FlowLogStreamer(runtime, settings_secrets(settings)) if show else None
+        # Adopted containers' output is shown from the watcher's start (the last process showed what came
+        # before); containers this process launches are shown from their own start.
+        self._logs_since = time.time()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Recover what a previous run of this agent left, then watch (events thread + periodic loop)."""
         self._loop = asyncio.get_running_loop()
+        self._logs_since = time.time()
         self._next_cleanup = time.monotonic() + self.settings.cleanup_interval
         try:
             await self._recover()
@@ -150,14 +162,17 @@ class Watcher:
         if result.status in ("exited", "dead"):
             self._notify("die", result.container_id)
             return
-        self._add(Watched(run.id, result.container_id, container_name_for(run.id), run.name or run.id))
+        self._add(Watched(run.id, result.container_id, container_name_for(run.id), run.name or run.id),
+                  launched=True)
 
-    def _add(self, watched: Watched) -> None:
+    def _add(self, watched: Watched, *, launched: bool = False) -> None:
+        """Follow `watched`; `launched`: this process started it, so its output is new from the start."""
         if watched.run_id and watched.run_id not in self.watched:
             self.watched[watched.run_id] = watched
             logger.debug("watching container {name} of flow run {id}", name=watched.name, id=watched.run_id)
             if self.flow_logs is not None:
-                self.flow_logs.follow(watched.container_id, watched.run_name)
+                since = None if launched else self._logs_since
+                self.flow_logs.follow(watched.container_id, watched.run_name, since=since)
         METRICS.containers_running.set(len(self.watched))
 
     def _notify(self, action: str, container_id: str) -> None:
@@ -178,6 +193,8 @@ class Watcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - time.monotonic()))
             self._wake.clear()
+            if self._events:  # exits come in bursts: one state query and no wasted inspects for a batch
+                await asyncio.sleep(EVENT_BATCH_S)
             await self._guarded(self._handle_events())
             if time.monotonic() < next_sweep:
                 continue
@@ -208,19 +225,25 @@ class Watcher:
     async def _handle_events(self) -> None:
         events, self._events = self._events, []
         by_container = {w.container_id: w for w in self.watched.values()}
+        died = {container_id for action, container_id in events if action == "die"}
+        exits: dict[str, tuple[Watched, ContainerInfo | None]] = {}
         for action, container_id in events:
             known = by_container.get(container_id)
-            if action == "start" and known is None:
+            if action == "start" and known is None and container_id not in died:
                 info = await self._call(self.runtime.inspect, container_id)
                 if info is not None and info.running:
                     self._add(_watched(info))
-            elif action == "die" and not (known and known.stopping):
+            elif action == "die" and not (known and known.stopping) and container_id not in exits:
                 info = await self._call(self.runtime.inspect, container_id)
                 if info is not None and info.running:
                     continue  # restarted meanwhile (a restart policy): still ours to watch
                 watched = known or (_watched(info) if info is not None else None)
                 if watched is not None:
-                    await self._settle(watched, info)
+                    exits[container_id] = (watched, info)
+        if exits:  # one state query for every exit in the batch
+            states = await reconcile.run_states(self.cloud, [w.run_id for w, _ in exits.values()])
+            for watched, info in exits.values():
+                await self._settle(watched, info, known=states.get(watched.run_id))
 
     async def _sweep(self) -> None:
         """The fallback for missed events: adopt unknown running containers, settle vanished ones."""
@@ -366,6 +389,7 @@ class Watcher:
 
     # ------------------------------------------------------------------ recovery and cleanup
     async def _recover(self) -> None:
+        self._orphans = await reconcile.submitted_ids(self.cloud, self.agent_id)  # before the first claim
         found = await reconcile.inventory(self.runtime, self._call, self.agent_name)
         await reconcile.discard_never_started(self.runtime, self._call, found.never_started)
         for info in found.running:
@@ -386,9 +410,12 @@ class Watcher:
         return states
 
     async def _requeue_orphans(self) -> None:
+        if not self._orphans:  # none left from before this process: nothing to ask the API
+            return
         await reconcile.requeue_orphans(
             self.cloud, self.runtime, self._call, agent_id=self.agent_id, agent_name=self.agent_name,
-            busy=self._busy() | set(self.watched), stale_after=3 * self.settings.heartbeat_interval)
+            host=self.host_id, busy=self._busy() | set(self.watched),
+            stale_after=3 * self.settings.heartbeat_interval, candidates=self._orphans)
 
     async def _cleanup(self) -> None:
         """Record exits the watcher missed (API down at the time), then remove what may go."""

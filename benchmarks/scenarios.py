@@ -99,6 +99,7 @@ def _lateness(bench: Bench, runs: dict[str, float], system: System, key: str) ->
     system.figures[f"{key}.started"] = f"{len(starts)}/{len(runs)}"
     if len(starts) < len(runs):
         system.errors[key] = f"only {len(starts)} of {len(runs)} containers started"
+    backend.finish_runs(bench.server_url, list(runs))
     return late
 
 
@@ -195,6 +196,7 @@ def scenario_burst(bench: Bench, system: System, ceiling: CeilingResult | None) 
     system.samples["burst_requests"] = [float(len(requests))]
     if len(starts) < n:
         system.errors["burst"] = f"only {len(starts)} of {n} containers started"
+    backend.finish_runs(bench.server_url, list(runs))
     remove_flow_containers(bench.docker, bench.flow_name)
 
 

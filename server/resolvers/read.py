@@ -95,7 +95,7 @@ def resolve_hello(_obj: Any, _info: GraphQLResolveInfo) -> str:
 def resolve_api(_obj: Any, _info: GraphQLResolveInfo) -> Row:
     return {
         "backend": "SERVER", "mode": "normal", "version": __version__, "core_version": "1.4.1",
-        "release_timestamp": None, "capabilities": ["long_poll"],
+        "release_timestamp": None, "capabilities": ["long_poll", "partial_states"],
     }
 
 

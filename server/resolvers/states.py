@@ -1,6 +1,8 @@
 """set_flow_run_states / set_task_run_states (contract §3.4, §3.8, §4.3-§4.5).
 
 All elements of one call are applied in one write transaction: either every state is stored or none is.
+Our extension `set_flow_run_states_input.partial` (capability "partial_states") applies each element on its own
+and reports each outcome instead (batched claims).
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from typing import Any
 from graphql import GraphQLResolveInfo
 
 from server import db
+from server.context import RequestContext
+from server.errors import ApiError
 from server.resolvers.read import ctx_of
 from server.states import QUEUE_STATES, Change, set_flow_run_state, set_task_run_state, validate_state
 
 
 def resolve_set_flow_run_states(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
     ctx = ctx_of(info)
+    if input.get("partial"):
+        return _set_flow_run_states_partially(ctx, input["states"])
     items = [(item["flow_run_id"], validate_state(item["state"]), item.get("version"))
              for item in input["states"]]
     with ctx.write() as conn:
@@ -25,6 +31,32 @@ def resolve_set_flow_run_states(_obj: Any, info: GraphQLResolveInfo, input: dict
     if any(state["type"] in QUEUE_STATES for _, state, _ in items):
         ctx.services.events.notify()
     return {"states": [{"id": run_id, "status": "SUCCESS", "message": None} for run_id, _, _ in items]}
+
+
+def _set_flow_run_states_partially(ctx: RequestContext, elements: list[dict[str, Any]]) -> dict[str, Any]:
+    """EXTENSION `partial: true`: each element in its own savepoint, its outcome reported, never raised.
+
+    An agent claims every run due at once in one request; one run lost to another agent (or deleted) must
+    not cost it the others. Still one write transaction, so the batch costs one commit.
+    """
+    outcomes: list[dict[str, Any]] = []
+    queued = False
+    with ctx.write() as conn:
+        for item in elements:
+            run_id = item["flow_run_id"]
+            try:
+                with conn.begin_nested():
+                    state = validate_state(item["state"])
+                    set_flow_run_state(conn, run_id, Change(state, item.get("version"), ctx.agent_id),
+                                       ctx.scoped(db.flow_run))
+            except ApiError as exc:
+                outcomes.append({"id": run_id, "status": exc.code, "message": exc.message})
+                continue
+            queued = queued or state["type"] in QUEUE_STATES
+            outcomes.append({"id": run_id, "status": "SUCCESS", "message": None})
+    if queued:
+        ctx.services.events.notify()
+    return {"states": outcomes}
 
 
 def resolve_set_task_run_states(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:

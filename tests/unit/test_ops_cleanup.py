@@ -21,7 +21,7 @@ def info(status: str = "exited", code: int | None = 0, oom: bool = False,
 
 @pytest.mark.parametrize(("container", "state", "expected"), [
     (info(), "Success", "succeeded"),
-    (info(), "Cancelled", "succeeded"),
+    (info(), "Cancelled", None),  # cancelled is not successful: kept like a failed run
     (info(), "Scheduled", "succeeded"),  # a retry: the next attempt must not find the old container
     (info(), GONE, "succeeded"),  # the run was deleted
     (info(age_s=30), "Success", None),  # younger than one sweep interval: still there to look at
