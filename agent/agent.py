@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from agent import memory, startup
 from agent.backoff import FailureBackoff, IdleBackoff
 from agent.banner import DOCUMENTATION, print_banner
 from agent.claims import CAPABILITY as CLAIMS_CAPABILITY
@@ -63,7 +64,8 @@ class LocalAgent:
     are loaded from flags-equivalent `overrides`, env, secret files and Prefect's config.toml.
     """
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *, runtime: DockerRuntime | None = None,
+                 **overrides: Any) -> None:
         if settings is None:
             settings = load_settings(**overrides)
         elif overrides:
@@ -77,12 +79,14 @@ class LocalAgent:
         self.watcher: Watcher | None = None
         self._agent_id = ""
         self._host_id = ""  # this Docker host's id, recorded in every claim (agent.reconcile)
+        self._docker_checked = asyncio.Event()  # start-up: ping + host id done (it runs beside the backend's)
         METRICS.set_name(settings.name)
         self._busy_threads = 0
         self._busy_lock = threading.Lock()
         # + the watcher's reads and its (at most 4) concurrent stops of cancelled runs' containers
         self._pool = ThreadPoolExecutor(settings.max_concurrent_launches + 6, thread_name_prefix="docker")
-        self.runtime = DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
+        # `runtime`: the CLI's, already connecting while this module was imported (agent.startup.warm_docker)
+        self.runtime = runtime or DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
         self.cloud: CloudClient | None = None
         self.identity: Identity | None = None
         self._deployer: Deployer | None = None
@@ -109,6 +113,7 @@ class LocalAgent:
 
     async def run(self) -> None:
         """The agent's coroutine: start-up, poll loop, drain. Installs SIGTERM/SIGINT handlers."""
+        memory.limit_arenas()  # before the Docker threads start (agent.memory)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -118,9 +123,8 @@ class LocalAgent:
         self.cloud = CloudClient(self.settings.api, self.settings.token, self.settings.request_timeout)
         health_server = await self._start_health_server()
         try:
-            await self._check_docker()
-            await self.cloud.connect()
-            await self._interruptible(self._connect_backend())
+            await self.cloud.connect()  # Docker is pinged alongside the backend round trips (agent.startup)
+            await self._interruptible(startup.alongside(self._check_docker(), self._connect_backend()))
             await self._interruptible(self._start_watcher())
             self.health.running()
             logger.info("Waiting for flow runs...")
@@ -181,6 +185,7 @@ class LocalAgent:
         except DockerUnavailable as exc:
             raise StartupError(str(exc), EXIT_DOCKER) from exc
         self._host_id = await self._call(host_id, self.runtime)
+        self._docker_checked.set()
         logger.debug("Docker daemon at {address} answered", address=self.runtime.address)
 
     async def _connect_backend(self) -> None:
@@ -190,9 +195,9 @@ class LocalAgent:
         while True:
             try:
                 tenant_id = await self._tenant_id()
-                agent_id = await self.cloud.register_agent(
-                    self.settings.name, self.settings.labels, tenant_id
-                )
+                agent_id, _, capabilities = await asyncio.gather(  # independent once the tenant is known
+                    self.cloud.register_agent(self.settings.name, self.settings.labels, tenant_id),
+                    self.cloud.hello(), self.cloud.capabilities())
                 break
             except TransientApiError as exc:
                 delay = failures.failed()
@@ -205,9 +210,7 @@ class LocalAgent:
                 await self._sleep(delay)
         self.cloud.set_agent_id(agent_id)
         self._agent_id = agent_id
-        await self.cloud.hello()
         logger.info("Agent successfully connected to Prefect Cloud at {url}", url=self.settings.api)
-        capabilities = await self.cloud.capabilities()
         self._long_poll = "long_poll" in capabilities
         logger.info(
             "Agent {name!r} registered (id {id}), labels {labels}, {mode}",
@@ -216,6 +219,7 @@ class LocalAgent:
             labels=self.settings.labels,
             mode="long polling" if self._long_poll else "polling",
         )
+        await self._docker_checked.wait()  # launches need the Docker host's id (the check runs alongside)
         self._prepare_launches(tenant_id)
         assert self._deployer is not None
         self._deployer.claims.partial = CLAIMS_CAPABILITY in capabilities  # batched claims (agent.claims)
@@ -299,6 +303,8 @@ class LocalAgent:
         )
         fresh = [run_id for run_id in ids if run_id not in self._inflight]
         self._deployer.gate.fresh_last_poll = bool(fresh)
+        if not fresh and not self._inflight:
+            memory.trim_when_idle()  # idle: hand freed heap back to the OS (agent.memory)
         if not fresh:
             return 0
         runs = await self.cloud.flow_runs(fresh, iso_now(-3.0))

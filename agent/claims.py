@@ -9,8 +9,9 @@ it saw before: one claim per request.
 How far ahead to claim is the `LaunchGate`'s job. Launches are bounded (`max_concurrent_launches`, L); runs
 are claimed into a window of at most 2·L claimed-or-launching runs, so a claimed run never waits long for
 Docker and an agent never hoards a queue that other agents could serve. While at least L/2 claimed runs are
-still waiting for a launch slot, new claims are held back and coalesced (they would only wait too); when the
-backlog runs low they go out together. A single run due on a quiet queue is claimed at once.
+still waiting for a launch slot, new claims are held back and coalesced (they would only wait too); below
+that they go out together, while the ones still waiting keep the launch slots busy during the claim's round
+trip. A single run due on a quiet queue is claimed at once.
 
 The gate also tells the poll loop when polling is pointless: the queue answers oldest runs first, so while
 this agent still holds L due runs it has not claimed, a poll would mostly return those same runs again.
@@ -104,6 +105,10 @@ class Ticket:
             gate._launch.release()
 
 
+class ClaimWithdrawn(ApiError):
+    """The agent began to stop before this claim was sent: it is not sent (nothing new after a signal)."""
+
+
 @dataclass
 class _Pending:
     entry: dict[str, Any]
@@ -124,8 +129,9 @@ class ClaimBatcher:
     """`set_state()` behaves like `CloudClient.set_flow_run_state` (same errors); batched when `partial`."""
 
     def __init__(self, cloud: CloudClient, *, partial: bool, hold: Callable[[], bool] = lambda: False,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, stop: asyncio.Event | None = None) -> None:
         self.cloud, self.partial, self._hold, self.max_batch = cloud, partial, hold, max_batch
+        self._stop = stop or asyncio.Event()
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -160,16 +166,38 @@ class ClaimBatcher:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            await self._woken()
             self._wake.clear()
             await asyncio.sleep(LINGER_S)
             self._pending = [p for p in self._pending if not p.future.done()]  # cancelled waiters: not sent
+            if self._stop.is_set():
+                self._withdraw()
+                continue
             if not self._pending or (self._hold() and len(self._pending) < self.max_batch):
                 continue
             batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
             await self._send(batch)
             if self._pending:
                 self._wake.set()
+
+    async def _woken(self) -> None:
+        """A claim arrived or the backlog changed; or the agent began to stop (then only new claims wake)."""
+        if self._stop.is_set():
+            await self._wake.wait()
+            return
+        waits = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    def _withdraw(self) -> None:
+        pending, self._pending = self._pending, []
+        for item in pending:
+            item.future.set_exception(ClaimWithdrawn("not claimed: the agent is stopping"))
+        if pending:
+            logger.debug("{n} claim(s) not sent: the agent is stopping", n=len(pending))
 
     async def _send(self, batch: list[_Pending]) -> None:
         self.requests += 1

@@ -139,12 +139,15 @@ def run_agent(settings: Settings) -> int:
     """Start the agent; a start-up refusal is one clear log line and a non-zero exit code."""
     from loguru import logger
 
+    from agent.startup import warm_docker
+
+    runtime = warm_docker(settings)  # connects in a thread while the agent's modules are imported
     from agent.agent import LocalAgent, StartupError
     from agent.logs import configure_logging, settings_secrets
 
     configure_logging(settings.level, secrets=settings_secrets(settings))
     try:
-        LocalAgent(settings).start(configure_logs=False)
+        LocalAgent(settings, runtime=runtime).start(configure_logs=False)
     except StartupError as exc:
         logger.error("{error}", error=exc)
         return exc.exit_code

@@ -1,6 +1,6 @@
 """The GraphQL boundary: every operation the agent sends to Prefect Cloud / Server 1.x (or our server).
 
-One aiohttp session (`agent.transport`, which says why not gql), connected once. Documents are the named
+One gql aiohttp transport (`agent.transport`), connected once. Documents are the named
 files in `agent/operations/`, sent as text (validated against the contract SDL in the tests, never at
 runtime: a harmless server-side schema addition must not break the agent). Callers get typed results and
 one error tree: `TransientApiError` (connection errors, timeouts, 5xx: retried here a few times, then the

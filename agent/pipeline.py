@@ -17,7 +17,7 @@ from loguru import logger
 
 from agent import registry_auth
 from agent.capacity import Capacity
-from agent.claims import ClaimBatcher, LaunchGate
+from agent.claims import ClaimBatcher, ClaimWithdrawn, LaunchGate
 from agent.cloud import ApiError, CloudClient, StateUpdateFailed
 from agent.docker_runtime import (
     ContainerSpec,
@@ -76,7 +76,7 @@ class Deployer:
         self._call, self._stop, self._on_docker_down = call, stop, on_docker_down
         # agent.claims: claim-ahead window + launch slots; batched claims; agent.run_logs; agent.prelaunch
         self.gate = LaunchGate(settings.max_concurrent_launches)
-        self.claims = ClaimBatcher(cloud, partial=False, hold=self.gate.hold_claims)  # agent enables it
+        self.claims = ClaimBatcher(cloud, partial=False, hold=self.gate.hold_claims, stop=stop)  # agent.py
         self.gate.on_ready_drop = self.claims.poke
         self.run_logs = RunLogBuffer(cloud)
         self.probe, self.images = DockerProbe(runtime, call), ImagePresence(runtime, call)
@@ -154,6 +154,8 @@ class Deployer:
                 await self.claims.set_state(run.id, state, run.version)
         except StateUpdateFailed as exc:
             logger.debug("flow run {id} was claimed by another agent ({error})", id=run.id, error=exc)
+            return False
+        except ClaimWithdrawn:  # the agent began to stop while the claim waited: nothing new is claimed
             return False
         except ApiError as exc:
             logger.warning("could not claim flow run {id}, will retry: {error}", id=run.id, error=exc)

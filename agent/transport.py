@@ -1,23 +1,31 @@
-"""The agent's GraphQL-over-HTTP transport: one aiohttp session, `POST {query, variables}` as JSON.
+"""The agent's GraphQL-over-HTTP transport: gql's aiohttp transport, one session, connected once.
 
-Why not gql (which the agent used first): the agent sends a dozen fixed documents that are validated against
-the SDL in the tests, never built or checked at runtime, and gql parses every request's document with
-graphql-core and prints it back before sending it. That cost the agent 150+ modules, ~6 MiB of resident
-memory, ~80 ms of start-up and CPU on every request of a burst (issue 7's targets: idle RSS and start-up at
-most Prefect's). The wire format is the same: a JSON body with `query` and `variables`, and the answer's
-`data` / `errors`.
+The agent sends a dozen fixed documents (`agent/operations/*.graphql`, validated against the SDL in the
+tests). Each is parsed by graphql-core once and cached, so a burst pays no parsing per request. We call the
+gql transport directly rather than through `gql.Client`: the client turns a GraphQL `errors` answer into an
+exception and loses `data`/`extensions`, while `agent.cloud` needs the whole answer to classify errors the way
+the Prefect client does (`VERSION_LOCKING_ERROR`, `State update failed`, `UNAUTHENTICATED`, cloud-api.md §1).
 
-Outcomes mirror gql's aiohttp transport, so `agent.cloud` classifies them the same way: a JSON answer with
-`data` or `errors` is returned whatever the HTTP status; otherwise HTTP >= 400 raises `HttpStatusError`
-(with the code) and anything else `ProtocolError`. Network failures surface as aiohttp's own exceptions.
+Outcomes: a JSON answer with `data` or `errors` is returned whatever the HTTP status; otherwise HTTP >= 400
+raises `HttpStatusError` (with the code) and anything else `ProtocolError`. Network failures surface as the
+underlying aiohttp/OS/timeout exception, so `agent.cloud.classify_exception` can tell transient ones apart.
 """
 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
-import aiohttp
+from gql import GraphQLRequest
+from gql.transport.aiohttp import AIOHTTPTransport
+from gql.transport.exceptions import (
+    TransportClosed,
+    TransportConnectionFailed,
+    TransportProtocolError,
+    TransportServerError,
+)
+from graphql import DocumentNode, parse
 
 
 class TransportError(Exception):
@@ -27,7 +35,7 @@ class TransportError(Exception):
 class HttpStatusError(TransportError):
     """HTTP >= 400 without a GraphQL result in the body."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int | None) -> None:
         super().__init__(message)
         self.code = code
 
@@ -40,44 +48,54 @@ class ClosedError(TransportError):
     """The transport is not connected."""
 
 
+@lru_cache(maxsize=64)
+def _document(query: str) -> DocumentNode:
+    """Parse each (fixed) document once; gql would otherwise parse it on every request."""
+    return parse(query)
+
+
 class GraphQLHttp:
     """`connect()` once, `post()` many times (concurrently), `close()` at the end."""
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.url = url
-        self._headers = dict(headers)
-        self._session: aiohttp.ClientSession | None = None
+        # Timeouts are the caller's (asyncio.timeout per request): long polls need more than a fixed total.
+        self._transport = AIOHTTPTransport(url=url, headers=dict(headers), timeout=None,
+                                           json_serialize=json.dumps)
+        self._connected = False
 
     @property
     def connected(self) -> bool:
-        return self._session is not None
+        return self._connected
 
     async def connect(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self._headers, json_serialize=json.dumps)
+        if not self._connected:
+            await self._transport.connect()
+            self._connected = True
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        if self._connected:
+            self._connected = False
+            await self._transport.close()
 
     async def post(self, query: str, variables: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> dict[str, Any]:
         """One request; returns the answer (`data`, `errors`) or raises a `TransportError`."""
-        if self._session is None:
+        if not self._connected:
             raise ClosedError("not connected")
-        body: dict[str, Any] = {"query": query}
-        if variables is not None:
-            body["variables"] = variables
-        async with self._session.post(self.url, json=body, headers=headers) as response:
-            try:
-                result = await response.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError):
-                result = None
-            if isinstance(result, dict) and ("data" in result or "errors" in result):
-                return result
-            if response.status >= 400:
-                raise HttpStatusError(f"{response.status}, message={response.reason!r}, url={self.url!r}",
-                                      response.status)
-            text = await response.text()
-            raise ProtocolError(f"Server did not return a valid GraphQL result: {text[:500]}")
+        request = GraphQLRequest(_document(query), variable_values=variables)
+        try:
+            extra = {"headers": headers} if headers else None
+            result = await self._transport.execute(request, extra_args=extra)
+        except TransportServerError as exc:
+            raise HttpStatusError(str(exc), exc.code) from exc
+        except TransportProtocolError as exc:
+            raise ProtocolError(str(exc)) from exc
+        except TransportClosed as exc:
+            raise ClosedError(str(exc)) from exc
+        except TransportConnectionFailed as exc:  # gql wraps the network error: re-raise the real one
+            raise (exc.__cause__ or exc) from None
+        answer: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            answer["errors"] = result.errors
+        return answer

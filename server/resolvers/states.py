@@ -1,7 +1,7 @@
 """set_flow_run_states / set_task_run_states (contract §3.4, §3.8, §4.3-§4.5).
 
 All elements of one call are applied in one write transaction: either every state is stored or none is.
-Our extension `set_flow_run_states_input.partial` (capability "partial_states") applies each element on its own
+Our extension `set_flow_run_states_input.partial` (capability "partial_states") applies each element alone
 and reports each outcome instead (batched claims).
 """
 

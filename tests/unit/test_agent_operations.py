@@ -55,3 +55,35 @@ def test_extension_documents_really_are_extensions() -> None:
     """If this fails the contract gained the field: move the document out of EXTENSION_DOCUMENTS."""
     for name in EXTENSION_DOCUMENTS:
         assert errors_against(CONTRACT_SDL, name) != []
+
+
+def variable_errors(sdl: Path, name: str, variables: dict) -> list[str]:
+    """What the server would say about `variables` for document `name` (input coercion against `sdl`)."""
+    from graphql import OperationDefinitionNode
+    from graphql.execution.values import get_variable_values
+
+    document = parse(files("agent.operations").joinpath(name).read_text())
+    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    result = get_variable_values(build_schema(sdl.read_text()), operation.variable_definitions, variables)
+    return [e.message for e in result] if isinstance(result, list) else []
+
+
+BATCH_CLAIM = {"input": {"partial": True, "states": [
+    {"flow_run_id": "00000000-0000-4000-8000-000000000001", "version": 1, "state": {"type": "Submitted"}},
+    {"flow_run_id": "00000000-0000-4000-8000-000000000002", "version": 3, "state": {"type": "Submitted"}}]}}
+TIMESTAMPED_LOGS = {"input": {"logs": [
+    {"flow_run_id": "00000000-0000-4000-8000-000000000001", "name": "agent", "message": "Submitted",
+     "level": "INFO", "timestamp": "2026-01-01T00:00:00.123456+00:00"}]}}
+
+
+def test_batched_claims_are_our_extension() -> None:
+    """agent.claims sends `partial: true` only to a backend advertising "partial_states" (our server)."""
+    assert variable_errors(SERVER_SDL, "set_flow_run_states.graphql", BATCH_CLAIM) == []
+    if CONTRACT_SDL.exists():
+        assert variable_errors(CONTRACT_SDL, "set_flow_run_states.graphql", BATCH_CLAIM) != []
+
+
+def test_buffered_run_logs_carry_their_timestamp_in_the_contract() -> None:
+    for sdl in (CONTRACT_SDL, SERVER_SDL):
+        if sdl.exists():
+            assert variable_errors(sdl, "write_run_logs.graphql", TIMESTAMPED_LOGS) == []

@@ -27,8 +27,8 @@ def test_capability_is_advertised(inproc_server: InProcessServer) -> None:
 
 
 def test_one_lost_claim_does_not_fail_the_others(inproc_server: InProcessServer, run_ids: list[str]) -> None:
-    first, second, third = run_ids
-    assert "errors" not in api.set_flow_run_state(inproc_server, second, state("Submitted"), 1)  # another agent
+    _first, second, third = run_ids
+    assert "errors" not in api.set_flow_run_state(inproc_server, second, state("Submitted"), 1)  # lost race
     elements = [{"flow_run_id": run_id, "version": 1, "state": state("Submitted")} for run_id in run_ids]
     elements.append({"flow_run_id": UNKNOWN, "version": 1, "state": state("Submitted")})
     elements.append({"flow_run_id": third, "version": 2, "state": {"type": "Nonsense"}})
