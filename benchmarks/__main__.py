@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if out_dir.parent == RESULTS_DIR.resolve() and not config.smoke:
         shutil.copyfile(paths["md"], RESULTS_DIR / "latest.md")
         update_readme(results, RESULTS_DIR.parent / "README.md", f"results/{out_dir.name}/results.md")
+        update_readme(results, REPO_ROOT / "README.md", f"benchmarks/results/{out_dir.name}/results.md")
     print(paths["md"].read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}", file=sys.stderr)
