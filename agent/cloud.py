@@ -121,7 +121,8 @@ class CloudClient:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(TransientApiError),
             stop=tenacity.stop_after_attempt(attempts),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=5),
+            # 0.5 s, 1 s, 2 s ... capped at 5 s, plus up to 1 s of jitter (works on tenacity 8 and 9)
+            wait=tenacity.wait_exponential(multiplier=0.5, max=5) + tenacity.wait_random(0, 1),
             reraise=True,
         )
         async for attempt in retrying:

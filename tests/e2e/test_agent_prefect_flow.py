@@ -42,8 +42,8 @@ def test_hello_flow_runs_to_success_through_our_agent(
             raise AssertionError(f"{exc}\n--- agent output\n{agent.output()}") from exc
         assert run["state"] == "Success", run["serialized_state"]
         assert run["task_runs"] and all(tr["state"] == "Success" for tr in run["task_runs"]), run["task_runs"]
-        messages = [log["message"] for log in api.run_logs(backend.server, run_id, token=token)]
-        assert any(m.startswith("Submitted for execution: Container ID: ") for m in messages)
-        assert any("greeting: HELLO, WORLD!" in m for m in messages), messages
+        submitted = "Submitted for execution: Container ID: "
+        logs = api.wait_for_log(backend.server, run_id, submitted, token=token)
+        assert any("greeting: HELLO, WORLD!" in log["message"] for log in logs), logs
         if backend.runner_token:
             assert backend.runner_token not in agent.output()

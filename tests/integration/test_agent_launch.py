@@ -17,32 +17,11 @@ import pytest
 
 from tests.support import api
 from tests.support.agent_fixtures import AgentProcess
+from tests.support.ops_helpers import containers_of, stand_in_flow
 from tests.support.server_fixtures import ServerHandle
 
 AgentFactory = Callable[..., AgentProcess]
 RUN_LABEL = "io.prefect.flow-run-id"
-
-
-def stand_in_flow(server: ServerHandle, image: str, **kwargs: Any) -> str:
-    name, _, tag = image.rpartition(":")
-    return api.register_docker_flow(
-        server, name=f"flow-{uuid.uuid4().hex[:6]}", image_name=name, image_tag=tag, **kwargs
-    )
-
-
-def containers_of(client: docker.DockerClient, run_id: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
-
-
-def wait_for_log(server: ServerHandle, run_id: str, text: str, timeout: float = 20) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        logs = api.run_logs(server, run_id)
-        if any(text in log["message"] for log in logs):
-            return logs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no run log containing {text!r} for {run_id}: {logs}")
-        time.sleep(0.1)
 
 
 def test_stand_in_run_is_claimed_and_launched_with_the_full_contract(
@@ -55,7 +34,7 @@ def test_stand_in_run_is_claimed_and_launched_with_the_full_contract(
     agent = agent_factory(
         server, labels=["team-a", "extra"], env_vars={"FROM_AGENT": "x", "FROM_RUN": "agent"}
     )
-    logs = wait_for_log(server, run_id, "Submitted for execution")
+    logs = api.wait_for_log(server, run_id, "Submitted for execution")
     submitted = [log for log in logs if log["message"].startswith("Submitted for execution: Container ID: ")]
     assert len(submitted) == 1 and submitted[0]["level"] == "INFO" and submitted[0]["name"] == agent.name
     run = api.flow_run(server, run_id)
@@ -104,7 +83,7 @@ def test_flow_without_docker_storage_fails_while_a_good_run_still_launches(
     assert errors and "storage type: Local" in errors[0]["message"]
     k8s_failed = api.wait_for_state(server, k8s_run, "Failed", timeout=20)
     assert "run config of type KubernetesRun" in k8s_failed["serialized_state"]["message"]
-    wait_for_log(server, good_run, "Submitted for execution")
+    api.wait_for_log(server, good_run, "Submitted for execution")
     assert containers_of(docker_client, bad_run) == [] and len(containers_of(docker_client, good_run)) == 1
     assert agent.returncode is None  # the agent goes on
 
@@ -140,7 +119,7 @@ def test_no_pull_never_pulls_and_a_missing_image_fails_clearly(
         since = datetime.now(UTC)
         present_run, missing_run = api.create_flow_run(server, present), api.create_flow_run(server, missing)
         agent_factory(server, args=("--no-pull",))
-        wait_for_log(server, present_run, "Submitted for execution")
+        api.wait_for_log(server, present_run, "Submitted for execution")
         failed = api.wait_for_state(server, missing_run, "Failed", timeout=20)
         assert "not present on this Docker host" in failed["serialized_state"]["message"]
         assert "--no-pull" in failed["serialized_state"]["message"]
@@ -168,7 +147,7 @@ def test_pull_from_a_registry_and_a_failed_pull_carries_the_registry_message(
     since = datetime.now(UTC)
     pulled_run, broken_run = api.create_flow_run(server, pulled), api.create_flow_run(server, broken)
     agent = agent_factory(server)
-    wait_for_log(server, pulled_run, "Submitted for execution", timeout=60)
+    api.wait_for_log(server, pulled_run, "Submitted for execution", timeout=60)
     assert pull_events(docker_client, since, registry.url)
     failed = api.wait_for_state(server, broken_run, "Failed", timeout=60)
     message = failed["serialized_state"]["message"]
@@ -185,7 +164,7 @@ def test_run_scheduled_5s_ahead_launches_on_time(
     agent.wait_for_output("Waiting for flow runs...")
     start = datetime.now(UTC) + timedelta(seconds=5)
     run_id = api.create_flow_run(server, flow_id, scheduled_start_time=start)
-    wait_for_log(server, run_id, "Submitted for execution", timeout=15)
+    api.wait_for_log(server, run_id, "Submitted for execution", timeout=15)
     (container,) = containers_of(docker_client, run_id)
     created = datetime.fromisoformat(container.attrs["Created"][:26].rstrip("Z") + "+00:00")
     lateness = (created - start).total_seconds()
@@ -201,7 +180,7 @@ def test_two_agents_racing_start_each_run_exactly_once(
     run_ids = [api.create_flow_run(server, flow_id) for _ in range(10)]
     first, second = agent_factory(server), agent_factory(server)
     for run_id in run_ids:
-        wait_for_log(server, run_id, "Submitted for execution", timeout=30)
+        api.wait_for_log(server, run_id, "Submitted for execution", timeout=30)
     time.sleep(1.0)  # let a slow loser finish whatever it was doing
     for run_id in run_ids:
         assert len(containers_of(docker_client, run_id)) == 1

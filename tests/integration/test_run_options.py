@@ -22,10 +22,10 @@ import pytest
 from agent.launcher import Identity, plan_container
 from agent.models import FlowRun
 from agent.settings import Settings
-from tests.integration.test_agent_launch import containers_of, stand_in_flow, wait_for_log
 from tests.support import api
 from tests.support.agent_fixtures import REPO_ROOT, AgentProcess, agent_env
 from tests.support.docker_fixtures import LOCAL_BUSYBOX, RUN_ID, TEST_RUN_LABEL, test_labels
+from tests.support.ops_helpers import containers_of, stand_in_flow
 from tests.support.server_fixtures import ServerHandle
 
 AgentFactory = Callable[..., AgentProcess]
@@ -96,7 +96,7 @@ def test_every_agent_level_option_is_visible_in_docker_inspect(
         env_vars={"FROM_AGENT": "a", "STAND_IN_SLEEP": "30"},
         registry_credentials=json.dumps(credentials),
     )
-    wait_for_log(server, run_id, "Submitted for execution")
+    api.wait_for_log(server, run_id, "Submitted for execution")
     attrs = the_container(docker_client, run_id).attrs
     host = attrs["HostConfig"]
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
@@ -153,7 +153,7 @@ def test_hostile_run_configs_fail_with_the_setting_to_change_while_the_agent_goe
         assert "denied" in message.lower() or "not allowed" in message, message
         assert hint in message, message
         assert containers_of(docker_client, run_id) == []
-    wait_for_log(server, good, "Submitted for execution")
+    api.wait_for_log(server, good, "Submitted for execution")
     assert agent.returncode is None
 
 
@@ -174,7 +174,7 @@ def test_a_flow_over_its_clamped_memory_limit_is_oom_killed(
     )
     run_id = api.create_flow_run(server, flow_id)
     agent_factory(server, max_memory="48m")
-    logs = wait_for_log(server, run_id, "Submitted for execution")
+    logs = api.wait_for_log(server, run_id, "Submitted for execution")
     assert any(log["level"] == "WARNING" and "clamped to 48m" in log["message"] for log in logs)
     container = the_container(docker_client, run_id)
     assert container.wait(timeout=30)["StatusCode"] == 137
@@ -199,16 +199,12 @@ def test_the_concurrency_limit_holds_while_twenty_runs_are_due(
         samples.append(len(docker_client.containers.list(filters=filters)))  # running ones
         pending = [r for r in runs if api.flow_run(server, r)["state"] == "Scheduled"]
         if not pending and samples[-1] == 0:  # all claimed; and launched, not merely claimed:
-            pending = [r for r in runs if not log_has(server, r, "Submitted for execution")]
+            pending = [r for r in runs if not api.has_log(server, r, "Submitted for execution")]
             if not pending:
                 break
         time.sleep(0.1)
     assert not pending, f"{len(pending)} of 20 runs not launched; samples {samples}\n{agent.output()[-2000:]}"
     assert max(samples) == 3, samples  # the limit was reached, never exceeded
-
-
-def log_has(server: ServerHandle, run_id: str, text: str) -> bool:
-    return any(text in log["message"] for log in api.run_logs(server, run_id))
 
 
 def test_gpu_requests_become_device_requests(

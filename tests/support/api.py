@@ -124,6 +124,25 @@ def run_logs(server: GraphQLServer, run_id: str, token: str | None = None) -> li
     return call(server, query, {"id": run_id}, token)["log"]  # type: ignore[no-any-return]
 
 
+def has_log(server: GraphQLServer, run_id: str, text: str, token: str | None = None) -> bool:
+    return any(text in log["message"] for log in run_logs(server, run_id, token))
+
+
+def wait_for_log(server: GraphQLServer, run_id: str, text: str, timeout: float = 20,
+                 token: str | None = None) -> list[dict[str, Any]]:
+    """The run's logs once one contains `text`: the agent batches its run logs (agent.run_logs), so a
+    line it wrote can reach the API a second after the state that followed it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = run_logs(server, run_id, token)
+        if any(text in log["message"] for log in logs):
+            return logs
+        if time.monotonic() > deadline:
+            messages = [log["message"] for log in logs]
+            raise AssertionError(f"no run log containing {text!r} for {run_id}: {messages}")
+        time.sleep(0.1)
+
+
 def wait_for_state(server: GraphQLServer, run_id: str, states: str | Iterable[str], timeout: float = 60,
                    token: str | None = None, interval: float = 0.2) -> dict[str, Any]:
     """Poll until the run's state is one of `states`; returns the run (AssertionError on timeout)."""

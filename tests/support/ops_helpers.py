@@ -7,6 +7,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -82,13 +83,14 @@ def containers_of(client: docker.DockerClient, run_id: str) -> list[Any]:
     return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
 
 
-def has_log(server: ServerHandle, run_id: str, text: str) -> bool:
-    return any(text in log["message"] for log in api.run_logs(server, run_id))
+has_log = api.has_log
 
 
-def stand_in_flow(server: ServerHandle, image: str, name: str) -> str:
+def stand_in_flow(server: ServerHandle, image: str, name: str | None = None, **kwargs: Any) -> str:
+    """A flow with Docker storage naming `image` (the stand-in image runs without Prefect)."""
     image_name, _, tag = image.rpartition(":")
-    return api.register_docker_flow(server, name=name, image_name=image_name, image_tag=tag)
+    return api.register_docker_flow(server, name=name or f"flow-{uuid.uuid4().hex[:6]}",
+                                    image_name=image_name, image_tag=tag, **kwargs)
 
 
 def stand_in_run(server: ServerHandle, flow_id: str, **env: str) -> str:
