@@ -114,13 +114,16 @@ class LocalRegistry:
     def reference(self, repo_name: str, tag: str = "latest") -> str:
         return f"{self.url}/{repo_name}:{tag}"
 
-    def push(self, local_tag: str, repo_name: str) -> str:
+    def push(self, local_tag: str, repo_name: str, auth_config: dict[str, str] | None = None) -> str:
         """Tag `local_tag` as `<url>/<repo_name>:<tag>` and push it; returns that reference."""
         tag = local_tag.rsplit(":", 1)[1] if ":" in local_tag.rsplit("/", 1)[-1] else "latest"
         ref = self.reference(repo_name, tag)
         self.client.images.get(local_tag).tag(f"{self.url}/{repo_name}", tag)
         self.pushed.add(ref)
-        for chunk in self.client.images.push(f"{self.url}/{repo_name}", tag=tag, stream=True, decode=True):
+        chunks = self.client.images.push(
+            f"{self.url}/{repo_name}", tag=tag, stream=True, decode=True, auth_config=auth_config
+        )
+        for chunk in chunks:
             if "error" in chunk:
                 raise RuntimeError(f"push of {ref} failed: {chunk['error']}")
         return ref
@@ -134,6 +137,14 @@ class LocalRegistry:
                         self.client.images.remove(ref, noprune=False)
                     except docker.errors.APIError:
                         pass
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.remove_local_tags()
 
 
 def _free_port() -> int:
@@ -156,26 +167,32 @@ def ensure_registry_binary() -> str | None:
     return shutil.which("docker-registry")
 
 
-def _registry_config(root: Path, port: int) -> Path:
+def _registry_config(root: Path, port: int, htpasswd: Path | None) -> Path:
     config = root / "config.yml"
+    auth = f"auth:\n  htpasswd:\n    realm: local-agent-tests\n    path: {htpasswd}\n" if htpasswd else ""
     config.write_text(
         "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
     return config
 
 
-def start_registry(binary: str, root: Path, client: docker.DockerClient, attempts: int = 3) -> LocalRegistry:
-    """Start on a free port and wait for `/v2/`; retry on a new port if another process won the port race."""
+def start_registry(binary: str, root: Path, client: docker.DockerClient, attempts: int = 3,
+                   htpasswd: Path | None = None) -> LocalRegistry:
+    """Start on a free port and wait for `/v2/`; retry on a new port if another process won the port race.
+
+    With `htpasswd` (bcrypt entries) the registry requires a login: `/v2/` answers 401 once it is up."""
+    ready = {200, 401} if htpasswd else {200}
     for _ in range(attempts):
         port = _free_port()
         log = open(root / f"registry-{port}.log", "wb")  # noqa: SIM115 - owned by the child process
-        proc = subprocess.Popen([binary, "serve", str(_registry_config(root, port))], stdout=log, stderr=log)
+        config = _registry_config(root, port, htpasswd)
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 15
         while proc.poll() is None and time.monotonic() < deadline:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code in ready:
                     return LocalRegistry(client=client, port=port, process=proc)
             except requests.RequestException:
                 time.sleep(0.1)
@@ -193,9 +210,4 @@ def registry(
         docker_unavailable("Debian package docker-registry is not installed and apt-get could not install it")
     reg = start_registry(binary, tmp_path_factory.mktemp("registry"), docker_client)
     yield reg
-    reg.process.terminate()
-    try:
-        reg.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        reg.process.kill()
-    reg.remove_local_tags()
+    reg.stop()
