@@ -17,6 +17,7 @@ import pytest
 
 from tests.support import api
 from tests.support.agent_fixtures import AgentProcess
+from tests.support.docker_fixtures import test_labels
 from tests.support.ops_helpers import containers_of, stand_in_flow
 from tests.support.server_fixtures import ServerHandle
 
@@ -170,6 +171,41 @@ def test_run_scheduled_5s_ahead_launches_on_time(
     lateness = (created - start).total_seconds()
     print(f"5-s-ahead run: container created {lateness:+.3f}s after its start time")
     assert 0 <= lateness <= 1.0, lateness
+
+
+def test_running_run_with_a_due_task_retry_is_redeployed_and_its_flow_state_left_alone(
+    server: ServerHandle, agent_factory: AgentFactory, docker_client: docker.DockerClient, stand_in_image: str
+) -> None:
+    """The "task retry > 10 min" path (cloud-api.md §3.3(b), §3.4 step 3): the flow process exited while its
+    run is Running with a task run Retrying. When the retry is due, the agent sets that task run Submitted
+    (version-locked), replaces the exited container of the run's first attempt with a new one, and leaves
+    the flow run Running for its runner."""
+    run_id = api.create_flow_run(server, stand_in_flow(server, stand_in_image))
+    run = api.flow_run(server, run_id)
+    assert "errors" not in api.set_flow_run_state(server, run_id, {"type": "Running"}, run["version"])
+    task_run = run["task_runs"][0]
+    retry_due = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
+    retrying = {"type": "Retrying", "start_time": retry_due, "run_count": 1, "message": "retry in 10 min"}
+    assert "errors" not in api.set_task_run_state(server, task_run["id"], retrying)
+    first_attempt = docker_client.containers.create(
+        stand_in_image, command=["true"], name=f"prefect-{run_id}",
+        labels=test_labels(**{RUN_LABEL: run_id}),
+    )
+    first_attempt.start()
+    first_attempt.wait(timeout=30)
+
+    agent = agent_factory(server)
+    api.wait_for_log(server, run_id, "Submitted for execution: Container ID: ", timeout=30)
+    (container,) = containers_of(docker_client, run_id)
+    assert container.id != first_attempt.id and container.labels.get("io.local-agent.agent") == agent.name
+    run = api.flow_run(server, run_id)
+    assert run["state"] == "Running", run["serialized_state"]
+    (task,) = [t for t in run["task_runs"] if t["id"] == task_run["id"]]
+    assert task["state"] == "Submitted" and task["serialized_state"]["state"]["type"] == "Retrying", task
+    time.sleep(3)  # later polls: the run no longer qualifies, so nothing is launched again
+    assert len(containers_of(docker_client, run_id)) == 1
+    submitted = [log for log in api.run_logs(server, run_id) if log["message"].startswith("Submitted for")]
+    assert len(submitted) == 1, submitted
 
 
 @pytest.mark.slow
