@@ -150,6 +150,8 @@ def agent_options(settings: Settings, networks: list[str]) -> Options:
         if volume.named:
             options.named_volumes.append(volume.source)
     _agent_limits(options, settings)
+    if settings.init:  # tini as PID 1: a cancellation's SIGTERM reaches `prefect`, which has no handler
+        options.set("init", True, AGENT, env_of("init"))
     if settings.gpus:
         options.set("device_requests", [parse_gpus(settings.gpus)], AGENT, env_of("gpus"))
     if settings.runtime:

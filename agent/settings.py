@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     pull_policy: Literal["default", "always", "if-not-present", "never"] = "default"
     volumes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host_gateway: bool = True
+    init: bool = True
     memory: str | None = None
     max_memory: str | None = None
     cpus: PositiveFloat | None = None

@@ -99,6 +99,7 @@ def test_every_agent_level_option_is_visible_in_docker_inspect(
     api.wait_for_log(server, run_id, "Submitted for execution")
     attrs = the_container(docker_client, run_id).attrs
     host = attrs["HostConfig"]
+    assert host["Init"] is True  # the default: tini as PID 1
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
     assert (mounts["/hostdata"]["Type"], mounts["/hostdata"]["Source"]) == ("bind", str(tmp_path))
     assert mounts["/hostdata"]["RW"] is False

@@ -190,6 +190,14 @@ def test_host_network_mode_keeps_the_loopback_api_and_drops_the_gateway() -> Non
     assert agent_options(Settings(host_gateway=False), []).extra_hosts == {}
 
 
+def test_flow_containers_get_an_init_unless_turned_off_and_a_run_config_may_choose() -> None:
+    assert agent_options(Settings(), []).host_config["init"] is True
+    assert "init" not in agent_options(Settings(init=False), []).host_config
+    identity = Identity("a", [], "t", "http://host.docker.internal:4200", [])
+    spec = plan_container(run_with({"init": False}), "img:1", Settings(), identity).spec
+    assert spec.host_config["init"] is False
+
+
 @pytest.mark.parametrize(
     ("text", "fields"),
     [
