@@ -20,10 +20,12 @@ from benchmarks.dockerenv import FLOW_NAME_LABEL, RUN_ID_LABEL, StartWatcher
 
 @dataclass(frozen=True)
 class CeilingSpec:
-    """What to imitate: the agent's number of concurrent launches and whether its containers auto-remove."""
+    """What to imitate: the agent's number of concurrent launches, whether its containers auto-remove, and
+    whether they run Docker's init."""
 
     concurrency: int
     auto_remove: bool
+    init: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ def _flow_env(run_id: str, flow_id: str) -> dict[str, str]:
     }
 
 
-def _launch(api: docker.APIClient, image: str, flow_name: str, run_id: str, auto_remove: bool) -> None:
+def _launch(api: docker.APIClient, image: str, flow_name: str, run_id: str, auto_remove: bool,
+            init: bool) -> None:
     host_config = api.create_host_config(
-        auto_remove=auto_remove, extra_hosts={"host.docker.internal": "host-gateway"}
+        auto_remove=auto_remove, extra_hosts={"host.docker.internal": "host-gateway"}, init=init or None
     )
     labels = {
         FLOW_NAME_LABEL: flow_name,
@@ -90,7 +93,8 @@ def run_ceiling(
     api = client.api
     go = time.time()
     with ThreadPoolExecutor(max_workers=spec.concurrency, thread_name_prefix="ceiling") as pool:
-        futures = [pool.submit(_launch, api, image, flow_name, rid, spec.auto_remove) for rid in run_ids]
+        futures = [pool.submit(_launch, api, image, flow_name, rid, spec.auto_remove, spec.init)
+                   for rid in run_ids]
         for future in futures:
             future.result()
     starts = watcher.wait_for(run_ids, timeout=timeout)

@@ -33,6 +33,7 @@ class AgentProcess:
     concurrency: int
     auto_remove: bool
     log_path: Path
+    init: bool = False  # Docker's init as PID 1 of the flow containers
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _log: object = field(default=None, repr=False)
@@ -103,7 +104,7 @@ def our_agent(proxy_url: str, server_port: int, label: str, name: str, log_dir: 
     }
     return AgentProcess(
         system="ours", label=label, command=[sys.executable, "-m", "agent", "start"], env=env,
-        concurrency=ours_concurrency(), auto_remove=False, log_path=log_dir / "agent-ours.log",
+        concurrency=ours_concurrency(), auto_remove=False, log_path=log_dir / "agent-ours.log", init=True,
     )
 
 

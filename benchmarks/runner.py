@@ -113,7 +113,8 @@ def _agent_phases(bench: Bench, systems: list[System], dead: set[str]) -> dict[s
     for s in systems:
         if s.name in dead:
             continue
-        spec = CeilingSpec(concurrency=s.agent.concurrency, auto_remove=s.agent.auto_remove)
+        agent = s.agent
+        spec = CeilingSpec(concurrency=agent.concurrency, auto_remove=agent.auto_remove, init=agent.init)
         _log(f"ceiling before {s.name}: {bench.config.burst_runs} runs at concurrency {spec.concurrency}")
         ceiling = ceiling_burst(bench, spec)
         ceilings[f"before_{s.name}"] = ceiling.__dict__
