@@ -73,7 +73,6 @@ class LocalAgent:
         self.settings = settings
         self._stop = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._docker_ok = True
         self._long_poll = False
         self.health = HealthState.for_settings(settings)  # read by /api/health, /ready (agent.health)
         self.watcher: Watcher | None = None
@@ -268,7 +267,7 @@ class LocalAgent:
             started = time.monotonic()
             self.health.tick()
             try:
-                if not self._docker_ok:
+                if self.health.docker_down_since is not None:  # set by _docker_down, cleared by the recheck
                     await self._recheck_docker()
                 found = await self._interruptible(self._poll_once())
             except (ApiError, DockerError) as exc:
@@ -308,7 +307,6 @@ class LocalAgent:
         if not fresh:
             return 0
         runs = await self.cloud.flow_runs(fresh, iso_now(-3.0))
-        assert self._deployer is not None
         runs = await self._deployer.capacity.admit(runs)  # MAX_CONCURRENT_RUNS: the rest stay Scheduled
         for run in runs:
             self._spawn(run)
@@ -330,9 +328,8 @@ class LocalAgent:
             )
 
     def _docker_down(self, exc: DockerUnavailable) -> None:
-        if self._docker_ok:
+        if self.health.docker_down_since is None:
             logger.error("{error}", error=exc)
-        self._docker_ok = False
         self.health.docker_down(exc)
 
     def _poll_failed(self, exc: Exception) -> None:
@@ -351,7 +348,6 @@ class LocalAgent:
 
     async def _recheck_docker(self) -> None:
         await self._call(self.runtime.ping)
-        self._docker_ok = True
         self.health.docker_up()
         logger.info("Docker daemon at {address} is reachable again", address=self.runtime.address)
 

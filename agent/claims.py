@@ -135,11 +135,9 @@ class ClaimBatcher:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.requests = 0
 
     async def set_state(self, flow_run_id: str, state: dict[str, Any], version: int | None) -> None:
         if not self.partial:
-            self.requests += 1
             await self.cloud.set_flow_run_state(flow_run_id, state, version)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -200,7 +198,6 @@ class ClaimBatcher:
             logger.debug("{n} claim(s) not sent: the agent is stopping", n=len(pending))
 
     async def _send(self, batch: list[_Pending]) -> None:
-        self.requests += 1
         variables = {"input": {"states": [p.entry for p in batch], "partial": True}}
         try:
             data = await self.cloud.execute("set_flow_run_states", variables)

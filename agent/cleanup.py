@@ -56,7 +56,7 @@ def removal_reason(info: ContainerInfo, run_state: str | None, keep_hours: float
     after the run finished still finds its container; failed ones wait `keep_hours`.
     """
     ended = finished_at(info)
-    if info.status not in ("exited", "dead") or ended is None:
+    if not info.exited or ended is None:
         return None
     age = ((now or datetime.now(UTC)) - ended).total_seconds()
     if age >= keep_hours * 3600:

@@ -42,8 +42,6 @@ FLAG_NAMES: dict[str, list[str]] = {
     "api": ["--api"],
     "volumes": ["-v", "--volume"],
 }
-REPEATABLE = {"labels", "env_vars", "container_labels", "network", "volumes", "allowed_images",
-              "allowed_run_overrides", "allowed_host_paths"}
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -64,7 +62,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, action="store_true", **kwargs)
         elif _is_bool(field.annotation):
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
-        elif name in REPEATABLE:
+        elif typing.get_origin(field.annotation) in (list, dict):  # labels, env vars, volumes: repeatable
             parser.add_argument(*flags, action="append", metavar="VALUE", **kwargs)
         else:
             parser.add_argument(*flags, metavar=name.upper(), **kwargs)

@@ -88,7 +88,6 @@ class CloudClient:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"  # never logged: gql/aiohttp loggers sit at WARNING
-        self.url = url
         self.timeout = timeout
         self._attempts = attempts
         self._cloud = token is not None
@@ -133,9 +132,7 @@ class CloudClient:
     async def _execute_once(
         self, name: str, variables: dict[str, Any] | None, timeout: float
     ) -> dict[str, Any]:
-        if not self._http.connected:
-            raise TransientApiError("not connected")
-        try:
+        try:  # not connected: the transport's ClosedError, classified transient below
             async with asyncio.timeout(timeout):
                 result = await self._http.post(operation(name), variables, dict(self._dynamic))
         except Exception as exc:  # noqa: BLE001 - every transport failure is classified, none escapes raw
@@ -211,6 +208,10 @@ class CloudClient:
 
     async def write_run_log(self, flow_run_id: str, name: str, message: str, level: str = "INFO") -> None:
         entry = {"flow_run_id": flow_run_id, "name": name, "message": message, "level": level}
-        data = await self.execute("write_run_logs", {"input": {"logs": [entry]}})
+        await self.write_run_logs([entry])
+
+    async def write_run_logs(self, logs: list[dict[str, Any]]) -> None:
+        """One `write_run_logs` request for all of `logs` (agent.run_logs batches them)."""
+        data = await self.execute("write_run_logs", {"input": {"logs": logs}})
         if not (data.get("write_run_logs") or {}).get("success"):
             raise ApiError("Writing logs failed.")

@@ -201,14 +201,16 @@ def apply_run_config(options: Options, run_config: Mapping[str, Any] | None, pol
     if not isinstance(host_config, Mapping):
         violations.other(f"host_config must be an object, not {type(host_config).__name__}")
         host_config = {}
-    unknown = [key for key in host_config if _handler(key) is None]
+    unknown = []
     for key, value in host_config.items():
         handler = _handler(key)
-        if handler is not None:
-            try:
-                handler(options, policy, violations, key, value)
-            except (ValueError, TypeError) as exc:
-                violations.other(f"host_config.{key}: {exc}")
+        if handler is None:
+            unknown.append(key)
+            continue
+        try:
+            handler(options, policy, violations, key, value)
+        except (ValueError, TypeError) as exc:
+            violations.other(f"host_config.{key}: {exc}")
     if unknown:
         violations.other(f"host_config key(s) {unknown} are not supported by this agent "
                          "(docs/run-options.md lists the keys it knows)")

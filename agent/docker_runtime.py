@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import docker
 import docker.errors
@@ -56,12 +56,11 @@ from agent.images import (
 
 __all__ = [
     "ContainerCreateError", "ContainerInfo", "ContainerNotFound", "ContainerSpec", "DockerError",
-    "DockerRuntime", "DockerUnavailable", "ImageNotFound", "ImagePullError", "LaunchResult", "PullPolicy",
+    "DockerRuntime", "DockerUnavailable", "ImageNotFound", "ImagePullError", "LaunchResult",
     "container_name_for", "names_registry", "split_image",
 ]
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
-PullPolicy = Literal["always", "if-not-present", "never"]
 
 
 def _client_params(base_url: str | None) -> dict[str, Any]:
@@ -77,6 +76,11 @@ def _client_params(base_url: str | None) -> dict[str, Any]:
         except Exception as exc:  # a broken ~/.docker/config.json must not hide the default socket
             logger.debug("ignoring docker CLI context: {error}", error=exc)
     return params
+
+
+def _label_filters(labels: Mapping[str, str | None]) -> list[str]:
+    """Docker's `label` filter: `key` (any value) or `key=value`."""
+    return [key if value is None else f"{key}={value}" for key, value in labels.items()]
 
 
 def _display_address(base_url: str | None) -> str:
@@ -184,18 +188,6 @@ class DockerRuntime:
                 return None
         matching = [d for d in digests if d.partition("@")[0] == repository]
         return (matching or digests or [None])[0]
-
-    def ensure_image(self, image: str, policy: PullPolicy = "if-not-present", *,
-                     on_progress: Callable[[str], None] | None = None, **pull_kwargs: Any) -> str:
-        """Apply a Kubernetes-style pull policy; returns the image id. `never` + absent -> `ImageNotFound`."""
-        if policy == "always":
-            return self.pull(image, on_progress=on_progress, **pull_kwargs)
-        found = self.image_id(image)
-        if found is not None:
-            return found
-        if policy == "never":
-            raise ImageNotFound(image)
-        return self.pull(image, on_progress=on_progress, **pull_kwargs)
 
     def pull(self, image: str, *, on_progress: Callable[[str], None] | None = None,
              progress_interval: float = 5.0, auth_config: dict[str, Any] | None = None,
@@ -310,7 +302,7 @@ class DockerRuntime:
             raise ContainerCreateError(
                 f"container name {spec.name} is taken by container {info.id[:12]}, which does not belong to "
                 f"flow run {run_id}", status_code=409)
-        if replace_exited and info.status in ("exited", "dead"):
+        if replace_exited and info.exited:
             logger.debug("replacing finished container {name}", name=spec.name)
             self.remove(info.id, force=True)
             return None
@@ -328,13 +320,20 @@ class DockerRuntime:
         except DockerError as exc:
             logger.warning("could not remove failed container {id}: {error}", id=container_id[:12], error=exc)
 
-    def find(self, labels: Mapping[str, str | None], *, all: bool = True) -> list[ContainerInfo]:
-        """Containers carrying every label in `labels` (a None value matches any value), inspected."""
-        filters = [key if value is None else f"{key}={value}" for key, value in labels.items()]
+    def find(self, labels: Mapping[str, str | None], *, all: bool = True,
+             inspect: bool = True) -> list[ContainerInfo]:
+        """Containers carrying every label in `labels` (a None value matches any value), inspected.
+
+        `inspect=False` answers from the list call alone (id, name, status, labels; no exit code, OOM flag
+        or times): one request instead of one per container, for callers that only need those.
+        """
         with self._errors("list containers"):
             api = self._client().api
+            summaries = api.containers(all=all, filters={"label": _label_filters(labels)})
+            if not inspect:
+                return [ContainerInfo.from_summary(summary) for summary in summaries]
             infos = []
-            for summary in api.containers(all=all, filters={"label": filters}):
+            for summary in summaries:
                 try:
                     infos.append(ContainerInfo.from_attrs(api.inspect_container(summary["Id"])))
                 except docker.errors.NotFound:
@@ -343,9 +342,9 @@ class DockerRuntime:
 
     def count(self, labels: Mapping[str, str | None], *, all: bool = False) -> int:
         """How many containers carry `labels` (running ones unless `all`): one list call, no inspects."""
-        filters = [key if value is None else f"{key}={value}" for key, value in labels.items()]
         with self._errors("list containers"):
-            return len(self._client().api.containers(all=all, filters={"label": filters}, quiet=True))
+            return len(self._client().api.containers(all=all, filters={"label": _label_filters(labels)},
+                                                     quiet=True))
 
     def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
         """Create the named volume with `labels` unless it exists (an existing one is used as is)."""
@@ -387,7 +386,7 @@ class DockerRuntime:
         timeout (events are rare); when the daemon goes away the iteration ends or raises.
         """
         filters = {"type": ["container"], "event": list(actions),
-                   "label": [key if value is None else f"{key}={value}" for key, value in labels.items()]}
+                   "label": _label_filters(labels)}
         with self._errors("follow events"):
             return self._client().api.events(since=since, filters=filters, decode=True)
 

@@ -220,6 +220,10 @@ class ContainerInfo:
     def running(self) -> bool:
         return self.status in ("running", "restarting", "paused")
 
+    @property
+    def exited(self) -> bool:
+        return self.status in ("exited", "dead")
+
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> ContainerInfo:
         state = attrs.get("State") or {}
@@ -238,6 +242,21 @@ class ContainerInfo:
             image=str(config.get("Image") or ""),
             image_id=str(attrs.get("Image") or ""),
             error=state.get("Error") or None,
+        )
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> ContainerInfo:
+        """From a `docker ps` row: id, name, status and labels only (no exit code, OOM flag or times)."""
+        names = summary.get("Names") or [""]
+        return cls(
+            id=summary["Id"],
+            name=str(names[0]).lstrip("/"),
+            status=str(summary.get("State") or "unknown"),
+            labels=dict(summary.get("Labels") or {}),
+            exit_code=None,
+            oom_killed=False,
+            created="",
+            finished_at=None,
         )
 
 

@@ -22,7 +22,6 @@ from agent.policy import Policy
 from agent.settings import Settings
 
 HOST_GATEWAY_NAME = "host.docker.internal"
-EXTRA_HOSTS = {HOST_GATEWAY_NAME: "host-gateway"}  # Docker >= 20.10 resolves it to the host (Linux too)
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
 LABEL_FLOW_RUN_ID = "io.prefect.flow-run-id"
 LABEL_FLOW_ID = "io.prefect.flow-id"

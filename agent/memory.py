@@ -18,26 +18,24 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 
 M_ARENA_MAX = -8  # glibc malloc.h
 TRIM_EVERY_S = 60.0
 
-_libc: ctypes.CDLL | None = None
 _last_trim = float("-inf")
 
 
+@functools.cache  # a failure too: find_library runs subprocesses, and the idle poll asks every time
 def _glibc() -> ctypes.CDLL | None:
-    global _libc
-    if _libc is None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            libc.malloc_trim  # noqa: B018 - glibc only
-            libc.mallopt  # noqa: B018
-        except (OSError, AttributeError):
-            return None
-        _libc = libc
-    return _libc
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def limit_arenas(arenas: int = 2) -> bool:

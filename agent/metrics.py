@@ -36,8 +36,9 @@ def failure_reason(exc: BaseException) -> str:
     """A launch failure's metric label: config | policy | image | container | docker (closed set)."""
     from agent.docker_types import ContainerCreateError, ImageNotFound, ImagePullError
     from agent.launcher import LaunchError
+    from agent.policy import PolicyDenied
 
-    if type(exc).__name__ == "PolicyDenied":  # agent.policy (issue 6), not imported: no cycle, no coupling
+    if isinstance(exc, PolicyDenied):
         return "policy"
     if isinstance(exc, LaunchError):
         return "config"

@@ -179,7 +179,8 @@ class Deployer:
             await self.ensure_image(run, image)
             await self.ensure_volumes(plan)
             spec = plan.spec
-            logger.debug("container spec for flow run {id}: {spec}", id=run.id, spec=describe(spec))
+            logger.opt(lazy=True).debug("container spec for flow run {id}: {spec}", id=lambda: run.id,
+                                        spec=lambda: describe(spec))  # built only when DEBUG is on
             # A claimed run's old exited container (a reschedule or retry of the run) makes way for this one.
             result = await self.launch_container(run, image, spec)
         except DockerUnavailable as exc:

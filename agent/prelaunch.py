@@ -33,10 +33,6 @@ class DockerProbe:
         self.runtime, self._call, self.ttl = runtime, call, ttl
         self._ok_until = 0.0
         self._inflight: asyncio.Future[None] | None = None
-        self.pings = 0
-
-    def forget(self) -> None:
-        self._ok_until = 0.0
 
     async def ping(self) -> None:
         if time.monotonic() < self._ok_until:
@@ -46,7 +42,6 @@ class DockerProbe:
         await asyncio.shield(self._inflight)
 
     async def _ping(self) -> None:
-        self.pings += 1
         await self._call(self.runtime.ping)
         self._ok_until = time.monotonic() + self.ttl
 

@@ -78,7 +78,7 @@ async def inventory(runtime: Any, call: Call, agent_name: str) -> Inventory:
     infos: list[ContainerInfo] = await call(runtime.find, agent_labels(agent_name), all=True)
     return Inventory(
         running=[i for i in infos if i.running],
-        finished=[i for i in infos if i.status in ("exited", "dead")],
+        finished=[i for i in infos if i.exited],
         never_started=[i for i in infos if i.status == "created"],
     )
 

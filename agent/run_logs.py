@@ -38,10 +38,6 @@ class RunLogBuffer:
         self._lock = asyncio.Lock()
         self._closed = False
 
-    @property
-    def waiting(self) -> int:
-        return len(self._entries)
-
     def add(self, flow_run_id: str, name: str, message: str, level: str = "INFO") -> None:
         entry = {"flow_run_id": flow_run_id, "name": name, "message": message, "level": level,
                  "timestamp": iso_now()}
@@ -59,9 +55,7 @@ class RunLogBuffer:
             while self._entries:
                 batch = self._entries[:self.max_entries]
                 try:
-                    data = await self.cloud.execute("write_run_logs", {"input": {"logs": batch}})
-                    if not (data.get("write_run_logs") or {}).get("success"):
-                        raise ApiError("Writing logs failed.")
+                    await self.cloud.write_run_logs(batch)
                 except ApiError as exc:
                     self._trim()
                     logger.warning("{n} run log line(s) not written yet: {error}", n=len(self._entries),

@@ -240,10 +240,11 @@ class Settings(BaseSettings):
             return data
         for name in ("api", "api_token", "registry_credentials"):
             alias = cls.model_fields[name].validation_alias
-            ranked = [name, *(alias.choices if isinstance(alias, AliasChoices) else [])]
-            present = [k for k in data if any(str(k).lower() == str(r).lower() for r in ranked)]
+            choices = alias.choices if isinstance(alias, AliasChoices) else []
+            ranked = [str(r).lower() for r in (name, *choices)]
+            present = [k for k in data if str(k).lower() in ranked]
             if len(present) > 1:
-                best = min(present, key=lambda k: [str(r).lower() for r in ranked].index(str(k).lower()))
+                best = min(present, key=lambda k: ranked.index(str(k).lower()))
                 data = {k: v for k, v in data.items() if k not in present or k == best}
         return data
 

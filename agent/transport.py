@@ -58,15 +58,10 @@ class GraphQLHttp:
     """`connect()` once, `post()` many times (concurrently), `close()` at the end."""
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
-        self.url = url
         # Timeouts are the caller's (asyncio.timeout per request): long polls need more than a fixed total.
         self._transport = AIOHTTPTransport(url=url, headers=dict(headers), timeout=None,
                                            json_serialize=json.dumps)
         self._connected = False
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
 
     async def connect(self) -> None:
         if not self._connected:

@@ -247,7 +247,8 @@ class Watcher:
 
     async def _sweep(self) -> None:
         """The fallback for missed events: adopt unknown running containers, settle vanished ones."""
-        running = await self._call(self.runtime.find, reconcile.agent_labels(self.agent_name), all=False)
+        running = await self._call(self.runtime.find, reconcile.agent_labels(self.agent_name), all=False,
+                                   inspect=False)  # ids and labels are all the sweep needs
         ids = {info.id for info in running}
         for info in running:
             if info.labels.get(FLOW_RUN_LABEL) not in self.watched:
@@ -256,7 +257,7 @@ class Watcher:
             if watched.container_id in ids or watched.stopping:
                 continue
             info = await self._call(self.runtime.inspect, watched.container_id)
-            if info is None or info.status in ("exited", "dead"):
+            if info is None or info.exited:
                 await self._settle(watched, info)
         METRICS.containers_running.set(len(self.watched))
 
@@ -420,7 +421,7 @@ class Watcher:
     async def _cleanup(self) -> None:
         """Record exits the watcher missed (API down at the time), then remove what may go."""
         infos = await self._call(self.runtime.find, reconcile.agent_labels(self.agent_name), all=True)
-        finished = [i for i in infos if i.status in ("exited", "dead")]
+        finished = [i for i in infos if i.exited]
         if not finished:
             return
         states: dict[str, str] | None = None

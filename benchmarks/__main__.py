@@ -38,8 +38,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     unknown = set(systems) - {"ours", "prefect"}
     if unknown:
         raise SystemExit(f"unknown system(s): {', '.join(sorted(unknown))}")
-    config = config.with_systems(systems)
-    overrides = {"burst_runs": args.burst_runs, "idle_s": args.idle_seconds, "queue_runs": args.queue_runs}
+    overrides = {"systems": systems, "burst_runs": args.burst_runs, "idle_s": args.idle_seconds,
+                 "queue_runs": args.queue_runs}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_image:
         config = replace(config, build_agent_image=False)

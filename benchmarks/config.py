@@ -7,7 +7,7 @@ backoff to reach its 10 s ceiling, as it would on a quiet production queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,6 @@ class BenchConfig:
             run_timeout_s=60.0,
             build_agent_image=False,
         )
-
-    def with_systems(self, systems: tuple[str, ...]) -> BenchConfig:
-        return replace(self, systems=systems)
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,8 @@ def docker_client() -> docker.DockerClient:
 
 def ensure_flow_image(client: docker.DockerClient) -> str:
     """Build `local-agent-bench-flow:latest` (busybox + a no-op `/bin/prefect`) unless it exists already."""
-    try:
-        client.images.get(FLOW_IMAGE)
+    if _image_exists(client, FLOW_IMAGE):
         return FLOW_IMAGE
-    except ImageNotFound:
-        pass
     base = next((name for name in BASE_IMAGES if _image_exists(client, name)), None)
     if base is None:
         raise RuntimeError(f"none of {BASE_IMAGES} is available locally to build {FLOW_IMAGE}")
@@ -108,11 +105,6 @@ class StartWatcher:
                     self._cond.notify_all()
         except Exception:  # noqa: BLE001 - the stream raises when closed; nothing to record then
             return
-
-    def starts(self, run_ids: Iterable[str]) -> dict[str, float]:
-        wanted = set(run_ids)
-        with self._cond:
-            return {rid: t for rid, t in self._starts.items() if rid in wanted}
 
     def wait_for(self, run_ids: Iterable[str], timeout: float) -> dict[str, float]:
         """Block until every run in `run_ids` has started (or `timeout`); returns the starts seen."""

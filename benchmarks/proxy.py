@@ -139,10 +139,6 @@ class CountingProxy:
             time.sleep(0.02)
         return None
 
-    def last_request_at(self) -> float | None:
-        with self._lock:
-            return self._requests[-1].at if self._requests else None
-
     def wait_quiet(self, quiet_s: float, timeout: float, ignore: str = POLL_OPERATION) -> None:
         """Wait until no request other than `ignore` has arrived for `quiet_s` (the tail of a burst)."""
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ from benchmarks.config import BenchConfig
 from benchmarks.dockerenv import StartWatcher, remove_flow_containers
 from benchmarks.peers import AgentProcess
 from benchmarks.procstats import usage
-from benchmarks.proxy import CountingProxy
+from benchmarks.proxy import POLL_OPERATION, CountingProxy
 from benchmarks.stats import ratio, summary
 
 
@@ -178,7 +178,7 @@ def scenario_burst(bench: Bench, system: System, ceiling: CeilingResult | None) 
     if not starts:
         raise AgentFailed(f"no container of the {n}-run burst started:\n{_log_tail(system.agent)}")
     last_start = max(starts.values())
-    tail = [r.at for r in system.proxy.requests(first_poll, stopping) if r.operation != "get_runs_in_queue"]
+    tail = [r.at for r in system.proxy.requests(first_poll, stopping) if r.operation != POLL_OPERATION]
     window_end = max([last_start, *tail])
     requests = system.proxy.requests(first_poll, window_end + 1e-6)
     duration = last_start - first_poll

@@ -82,5 +82,7 @@ class RequestContext:
         return source.c.tenant_id == self.tenant_id
 
     def tenant_for(self, requested: str | None) -> str | None:
-        """The tenant an action works in: the token's, else the one the client named."""
+        """The tenant an action works in: the token's, else the one the client named (another: FORBIDDEN)."""
+        if self.tenant_id and requested and requested != self.tenant_id:
+            raise ForbiddenError("FORBIDDEN: tenant_id is not the tenant of this API token.")
         return self.tenant_id or requested

@@ -158,10 +158,6 @@ edge = Table(
     Column("mapped", Boolean, nullable=False, default=False),
 )
 
-_RUN_STATE_COLUMNS = (
-    "version", "state", "serialized_state", "state_start_time", "state_timestamp", "state_message",
-)
-
 flow_run = Table(
     "flow_run", metadata, _id(),
     Column("tenant_id", Id, ForeignKey("tenant.id"), nullable=False),

@@ -22,6 +22,7 @@ from graphql import (
 )
 
 from server.resolvers import RESOLVERS, USER_ONLY
+from server.states import parse_time
 
 
 def parse_uuid(value: Any) -> str:
@@ -37,11 +38,10 @@ def parse_datetime(value: Any) -> datetime:
     """ISO 8601; a naive value is UTC (the 1.4.1 client may send naive scheduled_start_time)."""
     if not isinstance(value, str):
         raise GraphQLError(f"Invalid timestamp: expected an ISO 8601 string, got {type(value).__name__}.")
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise GraphQLError(f"Invalid timestamp: {value[:64]!r}.") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    parsed = parse_time(value.strip())
+    if parsed is None:
+        raise GraphQLError(f"Invalid timestamp: {value[:64]!r}.")
+    return parsed
 
 
 def serialize_datetime(value: Any) -> str:

@@ -1,6 +1,9 @@
-"""Shared pytest wiring: fixture plugins, the docker marker, and CI's "Docker is required" rule."""
+"""Shared pytest wiring: fixture plugins, the docker marker, CI's "Docker is required" rule, a clean env."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +23,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture
+def clean_prefect_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No PREFECT__* from the developer's shell; Prefect's home is the test's tmp_path (returned)."""
+    for name in list(os.environ):
+        if name.startswith("PREFECT__"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PREFECT__HOME_DIR", str(tmp_path))
+    return tmp_path

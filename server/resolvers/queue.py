@@ -17,14 +17,12 @@ from sqlalchemy import select, update
 
 from server import db
 from server.context import RequestContext
-from server.errors import ApiError, ForbiddenError, NotFoundError
+from server.errors import ApiError, NotFoundError
 from server.queue import next_due, queued_run_ids
 from server.resolvers.read import ctx_of
 
 
 def _tenant(ctx: RequestContext, requested: str | None) -> str:
-    if ctx.tenant_id and requested and requested != ctx.tenant_id:
-        raise ForbiddenError("FORBIDDEN: tenant_id is not the tenant of this API token.")
     tenant_id = ctx.tenant_for(requested)
     if tenant_id is None:
         with ctx.read() as conn:

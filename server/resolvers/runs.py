@@ -14,7 +14,7 @@ from server import db
 from server.context import RequestContext
 from server.errors import ApiError, NotFoundError
 from server.resolvers.read import ctx_of
-from server.states import FINISHED_STATES, Change, cascade_cancelled, scheduled_state, write_state
+from server.states import FINISHED_STATES, Change, scheduled_state, set_flow_run_state, write_state
 
 SUCCESS = {"success": True, "error": None}
 PENDING = {"type": "Pending", "message": "Task run created"}
@@ -109,13 +109,20 @@ def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
 def _precreate_task_runs(conn: Connection, flow: Any, run_id: str) -> None:
     tasks = conn.execute(select(db.task.c.id, db.task.c.cache_key).where(db.task.c.flow_id == flow.id)).all()
     now = db.utcnow()
-    rows = [{
-        "id": db.new_id(), "tenant_id": flow.tenant_id, "flow_run_id": run_id, "task_id": t.id,
-        "map_index": -1, "version": 0, "state": "Pending", "serialized_state": PENDING,
-        "state_timestamp": now, "state_message": PENDING["message"], "cache_key": t.cache_key, "created": now,
-    } for t in tasks]
+    rows = [_pending_task_run(flow.tenant_id, run_id, t.id, -1, t.cache_key, now) for t in tasks]
     if rows:
         conn.execute(db.task_run.insert(), rows)
+
+
+def _pending_task_run(
+    tenant_id: str, flow_run_id: str, task_id: str, map_index: int, cache_key: str | None, now: datetime
+) -> dict[str, Any]:
+    """A new task run row: Pending at version 0."""
+    return {
+        "id": db.new_id(), "tenant_id": tenant_id, "flow_run_id": flow_run_id, "task_id": task_id,
+        "map_index": map_index, "version": 0, "state": "Pending", "serialized_state": PENDING,
+        "state_timestamp": now, "state_message": PENDING["message"], "cache_key": cache_key, "created": now,
+    }
 
 
 def resolve_create_flow_run(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
@@ -139,39 +146,33 @@ def resolve_cancel_flow_run(_obj: Any, info: GraphQLResolveInfo, input: dict[str
         if row.state in FINISHED_STATES or row.state == "Cancelling":
             return {"state": row.state}
         target = "Cancelling" if row.state == "Running" else "Cancelled"
-        write_state(conn, db.flow_run, "flow", run_id, Change(_cancel_state(target)), ctx.scoped(db.flow_run))
-        if target == "Cancelled":
-            cascade_cancelled(conn, run_id, _cancel_state(target))
+        set_flow_run_state(conn, run_id, Change(_cancel_state(target)), ctx.scoped(db.flow_run))
     return {"state": target}
 
 
-def _rename(kind: str) -> Any:
+def _update_run(ctx: RequestContext, kind: str, run_id: str, **values: Any) -> dict[str, Any]:
+    """One UPDATE of a flow or task run's row, NOT_FOUND when no row (of this tenant) has the id."""
     table = db.flow_run if kind == "flow_run" else db.task_run
+    with ctx.write() as conn:
+        stmt = update(table).where(table.c.id == run_id, ctx.scoped(table)).values(**values)
+        if conn.execute(stmt).rowcount == 0:
+            raise NotFoundError(f"{kind.replace('_', ' ').capitalize()} {run_id} not found.")
+    return SUCCESS
 
+
+def _rename(kind: str) -> Any:
     def resolve(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
-        ctx, run_id = ctx_of(info), input[f"{kind}_id"]
         name = input["name"]
         if not name.strip() or len(name) > 1000:
             raise ApiError("name must be a non-empty string of at most 1000 characters.")
-        with ctx.write() as conn:
-            stmt = update(table).where(table.c.id == run_id, ctx.scoped(table)).values(name=name)
-            if conn.execute(stmt).rowcount == 0:
-                raise NotFoundError(f"{kind.replace('_', ' ').capitalize()} {run_id} not found.")
-        return SUCCESS
+        return _update_run(ctx_of(info), kind, input[f"{kind}_id"], name=name)
 
     return resolve
 
 
 def _heartbeat(kind: str) -> Any:
-    table = db.flow_run if kind == "flow_run" else db.task_run
-
     def resolve(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
-        ctx, run_id = ctx_of(info), input[f"{kind}_id"]
-        with ctx.write() as conn:
-            stmt = update(table).where(table.c.id == run_id, ctx.scoped(table)).values(heartbeat=db.utcnow())
-            if conn.execute(stmt).rowcount == 0:
-                raise NotFoundError(f"{kind.replace('_', ' ').capitalize()} {run_id} not found.")
-        return SUCCESS
+        return _update_run(ctx_of(info), kind, input[f"{kind}_id"], heartbeat=db.utcnow())
 
     return resolve
 
@@ -204,11 +205,8 @@ def _get_or_create(
     where = (tr.c.flow_run_id == flow_run_id, tr.c.task_id == task_id, tr.c.map_index == map_index)
     row = conn.execute(select(tr).where(*where)).first()
     if row is None:
-        now = db.utcnow()
         conn.execute(tr.insert().values(
-            id=db.new_id(), tenant_id=run.tenant_id, flow_run_id=flow_run_id, task_id=task_id,
-            map_index=map_index, version=0, state="Pending", serialized_state=PENDING, state_timestamp=now,
-            state_message=PENDING["message"], cache_key=task.cache_key, created=now))
+            _pending_task_run(run.tenant_id, flow_run_id, task_id, map_index, task.cache_key, db.utcnow())))
         row = conn.execute(select(tr).where(*where)).one()
     return dict(row._mapping)
 

@@ -20,10 +20,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from benchmarks.config import TARGETS
+from benchmarks.config import REPO_ROOT, TARGETS
 from benchmarks.report import ROWS, SERVER_ROWS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Every per-agent figure except the image size, which the smoke skips (a rebuild on each code change).
 AGENT_FIGURES = [key for key, *_ in ROWS if key != "image.size_mb"]
 SERVER_FIGURES = [key for key, *_ in SERVER_ROWS]

@@ -29,12 +29,11 @@ import requests
 from server.auth import TOKEN_PREFIX
 from tests.support import api
 from tests.support.docker_fixtures import RUN_ID, docker_unavailable, remove_containers
-from tests.support.images import build_image
+from tests.support.images import REPO_ROOT, build_image
 from tests.support.server_fixtures import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 AGENT_IMAGE = "local-agent:e2e"
 SERVER_IMAGE = "local-agent-server:e2e"

@@ -18,11 +18,10 @@ import pytest
 from tests.support import api
 from tests.support.agent_fixtures import AgentProcess
 from tests.support.docker_fixtures import test_labels
-from tests.support.ops_helpers import containers_of, stand_in_flow
+from tests.support.ops_helpers import RUN_LABEL, containers_of, stand_in_flow
 from tests.support.server_fixtures import ServerHandle
 
 AgentFactory = Callable[..., AgentProcess]
-RUN_LABEL = "io.prefect.flow-run-id"
 
 
 def test_stand_in_run_is_claimed_and_launched_with_the_full_contract(

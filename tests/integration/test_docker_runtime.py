@@ -221,9 +221,6 @@ def test_images_present_and_absent(runtime: DockerRuntime, stand_in_image: str) 
     assert runtime.image_present(stand_in_image)
     assert (runtime.image_id(stand_in_image) or "").startswith("sha256:")
     assert not runtime.image_present("local-agent-absent:nope")
-    assert runtime.ensure_image(stand_in_image, "never") == runtime.image_id(stand_in_image)
-    with pytest.raises(ImageNotFound, match="--no-pull"):
-        runtime.ensure_image("local-agent-absent:nope", "never")
 
 
 def test_pull_from_an_unreachable_registry_keeps_dockers_message(runtime: DockerRuntime) -> None:

@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,12 @@ import pytest
 
 from tests.support.api import run_logs
 from tests.support.prefect_fixtures import (
-    BACKEND_MODES,
     FLOWS_DIR,
     PrefectBackend,
     PrefectVenv,
     flow_run_env,
     read_runs,
     register_examples,
-    running_backend,
     wait_for_flow_run_state,
 )
 
@@ -61,14 +58,6 @@ class Executed:
     exit_codes: dict[str, int]
     cancel_answer: str
     server_logs: dict[str, list[str]]  # flow name -> messages the runner shipped with write_run_logs
-
-
-@pytest.fixture(scope="module", params=BACKEND_MODES)
-def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrefectBackend]:
-    with running_backend(request.param, tmp_path_factory.mktemp(f"server-{request.param}")) as backend:
-        yield backend
 
 
 def _execute_all(

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.prefect_fixtures import (
-    BACKEND_MODES,
     FLOWS_DIR,
     PrefectBackend,
     PrefectVenv,
     read_runs,
     register_examples,
-    running_backend,
 )
 
 pytestmark = pytest.mark.slow
@@ -65,14 +62,6 @@ again = client.create_flow_run(**kwargs)
 plain = client.create_flow_run(flow_id=flow_id)
 print(json.dumps({"first": first, "again": again, "plain": plain}))
 """
-
-
-@pytest.fixture(scope="module", params=BACKEND_MODES)
-def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrefectBackend]:
-    with running_backend(request.param, tmp_path_factory.mktemp(f"server-{request.param}")) as backend:
-        yield backend
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import pytest
 
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL
+from tests.support.images import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_LABEL = "io.local-agent.agent"
 _COUNTER = itertools.count(1)
 

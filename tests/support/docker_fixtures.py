@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -22,6 +21,7 @@ import pytest
 import requests
 
 from tests.support.images import REPO_ROOT, build_flow_image, file_lock
+from tests.support.server_fixtures import free_port
 
 RUN_ID = uuid.uuid4().hex[:12]
 TEST_RUN_LABEL = "io.local-agent.test-run"
@@ -147,12 +147,6 @@ class LocalRegistry:
         self.remove_local_tags()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ensure_registry_binary() -> str | None:
     """The registry binary, installing Debian's `docker-registry` (apt-get update only if needed)."""
     found = shutil.which("docker-registry")
@@ -185,7 +179,7 @@ def start_registry(binary: str, root: Path, client: docker.DockerClient, attempt
     With `htpasswd` (bcrypt entries) the registry requires a login: `/v2/` answers 401 once it is up."""
     ready = {200, 401} if htpasswd else {200}
     for _ in range(attempts):
-        port = _free_port()
+        port = free_port()
         log = open(root / f"registry-{port}.log", "wb")  # noqa: SIM115 - owned by the child process
         config = _registry_config(root, port, htpasswd)
         proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)

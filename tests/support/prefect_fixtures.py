@@ -28,8 +28,6 @@ import requests
 
 from tests.support.images import EXAMPLES_DIR, PREFECT_REQUIREMENTS, REPO_ROOT, file_lock
 
-_file_lock = file_lock  # kept for tests.support.runtime_fixtures, which imported it from here first
-
 FLOWS_DIR = EXAMPLES_DIR / "flows"
 REGISTER_SCRIPT = EXAMPLES_DIR / "register.py"
 PREFECT_VENV_DIR = REPO_ROOT / ".cache" / "prefect-1.4.1"
@@ -359,3 +357,13 @@ def running_backend(mode: str, workdir: Path, **server_kwargs: Any) -> Iterator[
                                  runner_token=server.create_token("RUNNER", "pytest-runner"))
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", params=BACKEND_MODES)
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectBackend]:
+    """One server per backend mode for the whole test module (a module may override it, as
+    test_prefect_docker_agent.py does with a function-scoped one listening on 0.0.0.0)."""
+    with running_backend(request.param, tmp_path_factory.mktemp(f"server-{request.param}")) as backend:
+        yield backend

@@ -25,7 +25,7 @@ import pytest
 
 from agent.docker_runtime import DockerRuntime, DockerUnavailable
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable, test_labels
-from tests.support.prefect_fixtures import REPO_ROOT, _file_lock
+from tests.support.images import REPO_ROOT, file_lock
 
 __all__ = ["RUN_ID", "STAND_IN_IMAGE", "test_labels"]
 
@@ -78,7 +78,7 @@ def build_stand_in(client: docker.DockerClient, base: str) -> str:
     base_id = client.images.get(base).id
     context, digest = _context(base)
     content_hash = hashlib.sha256(f"{digest}:{base_id}".encode()).hexdigest()[:16]
-    with _file_lock(REPO_ROOT / ".cache" / "stand-in-image.lock"):
+    with file_lock(REPO_ROOT / ".cache" / "stand-in-image.lock"):
         try:
             if client.images.get(STAND_IN_IMAGE).labels.get(STAND_IN_HASH_LABEL) == content_hash:
                 return STAND_IN_IMAGE

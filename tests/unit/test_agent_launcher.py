@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import pytest
@@ -31,12 +30,7 @@ DOCKER_STORAGE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    for name in list(os.environ):
-        if name.startswith("PREFECT__"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PREFECT__HOME_DIR", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("clean_prefect_env")
 
 
 def make_run(

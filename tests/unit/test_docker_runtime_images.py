@@ -177,6 +177,19 @@ def wait_for_listeners(flight: SingleFlight, key: str, count: int) -> None:
         time.sleep(0.005)
 
 
+def release_after_followers_join(
+    flight: SingleFlight, threads: list[threading.Thread], release: threading.Event
+) -> None:
+    """With the leader (threads[0]) in flight: start the followers, let the leader finish once they all
+    joined, then wait for every thread."""
+    for thread in threads[1:]:
+        thread.start()
+    wait_for_listeners(flight, "img", len(threads))
+    release.set()
+    for thread in threads:
+        thread.join(5)
+
+
 def test_single_flight_shares_one_execution_and_every_listener_hears_it() -> None:
     flight = SingleFlight()
     started, release = threading.Event(), threading.Event()
@@ -198,12 +211,7 @@ def test_single_flight_shares_one_execution_and_every_listener_hears_it() -> Non
     threads[0].start()
     assert started.wait(5)
     threads += [threading.Thread(target=caller, args=(i,)) for i in (1, 2, 3)]
-    for thread in threads[1:]:
-        thread.start()
-    wait_for_listeners(flight, "img", 4)
-    release.set()
-    for thread in threads:
-        thread.join(5)
+    release_after_followers_join(flight, threads, release)
     assert calls == [1]
     assert results == {i: "sha256:image" for i in range(4)}
     assert all(lines == ["progress"] for lines in heard.values())
@@ -231,12 +239,7 @@ def test_single_flight_hands_the_leaders_error_to_followers_and_forgets_it() -> 
     threads[0].start()
     while not flight.in_flight("img"):
         time.sleep(0.001)
-    for thread in threads[1:]:
-        thread.start()
-    wait_for_listeners(flight, "img", 3)
-    gate.set()
-    for thread in threads:
-        thread.join(5)
+    release_after_followers_join(flight, threads, gate)
     assert [str(e) for e in errors] == ["registry said no"] * 3
     assert calls == [1]
     assert flight.run("img", lambda emit: "retried") == "retried"  # a failure is not cached

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,8 @@ SECRET = "pa55-w0rd-xyz"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("PREFECT__"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PREFECT__HOME_DIR", str(tmp_path))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # no developer credentials leak in
+def clean_env(clean_prefect_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(clean_prefect_env / "docker-config"))  # no developer credentials
 
 
 def test_agent_credentials_win_and_the_source_names_no_secret(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -18,12 +17,7 @@ IDENTITY = Identity("agent-x", [], "tenant-1", "http://host.docker.internal:4200
 STORAGE = {"type": "Docker", "image_name": "img", "image_tag": "1", "registry_url": None}
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    for name in list(os.environ):
-        if name.startswith("PREFECT__"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PREFECT__HOME_DIR", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("clean_prefect_env")
 
 
 def run_with(host_config: dict[str, Any] | None = None, **run_config: Any) -> FlowRun:

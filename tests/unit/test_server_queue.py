@@ -101,21 +101,8 @@ def test_running_run_with_a_retrying_task_run_qualifies(
     api.set_flow_run_state(inproc_server, run_id, {"type": "Running"})
     assert api.queue(inproc_server, tenant, [], FUTURE) == []
     task_run = api.flow_run(inproc_server, run_id)["task_runs"][0]["id"]
-    query = api.SET_TASK_RUN_STATES
-    api.call(
-        inproc_server,
-        query,
-        {
-            "input": {
-                "states": [
-                    {
-                        "task_run_id": task_run,
-                        "state": {"type": "Retrying", "start_time": iso(60), "run_count": 1},
-                    }
-                ]
-            }
-        },
-    )
+    retrying = {"type": "Retrying", "start_time": iso(60), "run_count": 1}
+    assert "errors" not in api.set_task_run_state(inproc_server, task_run, retrying)
     assert api.queue(inproc_server, tenant, []) == []  # not due yet
     assert api.queue(inproc_server, tenant, [], iso(120)) == [run_id]
 
@@ -136,16 +123,8 @@ def test_agent_metadata_query_filters_claimable_runs(inproc_server: InProcessSer
     for run_id in (running, retrying):
         api.set_flow_run_state(inproc_server, run_id, {"type": "Running"})
     task_run = api.flow_run(inproc_server, retrying)["task_runs"][0]["id"]
-    query = api.SET_TASK_RUN_STATES
-    api.call(
-        inproc_server,
-        query,
-        {
-            "input": {
-                "states": [{"task_run_id": task_run, "state": {"type": "Retrying", "start_time": iso(-60)}}]
-            }
-        },
-    )
+    retry_state = {"type": "Retrying", "start_time": iso(-60)}
+    assert "errors" not in api.set_task_run_state(inproc_server, task_run, retry_state)
     ids = ", ".join(f'"{r}"' for r in (scheduled, submitted, running, retrying))
     cutoff = iso(-3)
     rows = api.call(inproc_server, CLAIMABLE % (ids, cutoff, cutoff))["flow_run"]
