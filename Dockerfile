@@ -79,7 +79,9 @@ RUN install --directory --owner app --group app /data /tokens/runner /tokens/use
 ENV LOCAL_AGENT_SERVER_HOST=0.0.0.0 \
     LOCAL_AGENT_SERVER_PORT=4200 \
     LOCAL_AGENT_SERVER_DATABASE_URL=sqlite:////data/local-agent-server.db \
-    LOCAL_AGENT_SERVER_AUTH=token
+    LOCAL_AGENT_SERVER_AUTH=token \
+    MALLOC_ARENA_MAX=2
+# MALLOC_ARENA_MAX: glibc keeps freed memory per worker-thread arena; two arenas return large bodies' memory.
 USER app
 WORKDIR /data
 EXPOSE 4200

@@ -35,6 +35,7 @@ from agent.metrics import METRICS
 from agent.models import FlowRun, iso_now
 from agent.pipeline import Deployer
 from agent.reconcile import host_id
+from agent.redact import mask_urls
 from agent.settings import Settings, load_settings
 from agent.watcher import Watcher
 
@@ -119,6 +120,11 @@ class LocalAgent:
         print_banner()
         logger.info("Starting LocalAgent")
         logger.info("Agent documentation can be found at {docs}", docs=DOCUMENTATION)
+        if self.settings.allowed_host_paths and not self.settings.host_root:
+            logger.warning("ALLOWED_HOST_PATHS is set but HOST_ROOT is empty (the agent runs in a "
+                           "container): symlinks in bind paths cannot be resolved. Mount the host's / "
+                           "read-only (-v /:/host:ro) and set PREFECT__CLOUD__AGENT__HOST_ROOT=/host "
+                           "(docs/run-options.md)")
         self.cloud = CloudClient(self.settings.api, self.settings.token, self.settings.request_timeout)
         health_server = await self._start_health_server()
         try:
@@ -202,14 +208,15 @@ class LocalAgent:
                 delay = failures.failed()
                 logger.warning(
                     "cannot reach the API at {url} ({error}); retrying in {d:.1f}s",
-                    url=self.settings.api,
+                    url=mask_urls(self.settings.api),
                     error=exc,
                     d=delay,
                 )
                 await self._sleep(delay)
         self.cloud.set_agent_id(agent_id)
         self._agent_id = agent_id
-        logger.info("Agent successfully connected to Prefect Cloud at {url}", url=self.settings.api)
+        logger.info("Agent successfully connected to Prefect Cloud at {url}",
+                    url=mask_urls(self.settings.api))
         self._long_poll = "long_poll" in capabilities
         logger.info(
             "Agent {name!r} registered (id {id}), labels {labels}, {mode}",

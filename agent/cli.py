@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"local-agent: invalid configuration: {errors}", file=sys.stderr)  # no traceback wall
         return EXIT_UNHEALTHY if args.command == "check" else EXIT_CONFIG
     if args.command == "config":
-        print(json.dumps(effective_config(settings), indent=2, sort_keys=True))
+        print(json.dumps(masked_config(settings), indent=2, sort_keys=True))
         return 0
     if args.command == "check":
         from agent.health import check
@@ -131,6 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_explain(settings, args.flow_run_id, as_json=args.json)
     return run_agent(settings)
+
+
+def masked_config(settings: Settings) -> dict[str, Any]:
+    """`effective_config` as `config` prints it: `ENV_VARS` with secret names as `***`, and every URL
+    password or known secret (token, registry passwords) masked wherever it appears."""
+    from agent.logs import Masker, settings_secrets
+    from agent.redact import mask_data, mask_env
+
+    mask = Masker(settings_secrets(settings))
+    data = effective_config(settings)
+    data["env_vars"] = mask_env(data.get("env_vars") or {}, mask)
+    return dict(mask_data(data, mask))
 
 
 def run_agent(settings: Settings) -> int:

@@ -20,6 +20,7 @@ import tenacity
 from loguru import logger
 
 from agent import __version__
+from agent.logs import SECRETS
 from agent.metrics import METRICS
 from agent.models import PREFECT_WIRE_VERSION, FlowRun
 from agent.transport import GraphQLHttp, HttpStatusError, TransportError
@@ -199,6 +200,8 @@ class CloudClient:
     # ------------------------------------------------------------------ deployment (§3.4)
 
     async def set_flow_run_state(self, flow_run_id: str, state: dict[str, Any], version: int | None) -> None:
+        if isinstance(state.get("message"), str):  # a Failed state's reason may quote Docker's error text
+            state = {**state, "message": SECRETS(state["message"])}
         entry = {"flow_run_id": flow_run_id, "version": version, "state": state}
         await self.execute("set_flow_run_states", {"input": {"states": [entry]}})
 
@@ -211,7 +214,12 @@ class CloudClient:
         await self.write_run_logs([entry])
 
     async def write_run_logs(self, logs: list[dict[str, Any]]) -> None:
-        """One `write_run_logs` request for all of `logs` (agent.run_logs batches them)."""
+        """One `write_run_logs` request for all of `logs` (agent.run_logs batches them).
+
+        Every message is masked here, the one door to the run's log, so a secret echoed by Docker (an env
+        value, a password in a daemon URL) never reaches the server.
+        """
+        logs = [{**entry, "message": SECRETS(str(entry.get("message", "")))} for entry in logs]
         data = await self.execute("write_run_logs", {"input": {"logs": logs}})
         if not (data.get("write_run_logs") or {}).get("success"):
             raise ApiError("Writing logs failed.")

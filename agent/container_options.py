@@ -1,36 +1,58 @@
 """Agent settings plus a run's `DockerRun` config, turned into `ContainerSpec` fields under the policy.
 
 Precedence (docs/run-options.md): agent defaults < run config < what the flow runner needs (env, labels,
-name, command: set in `launcher`, never overridable). Run-config keys are the docker-py `create_host_config`
-names Prefect's `DockerRun.host_config` documents (`binds`, `port_bindings`, `mem_limit`, ...); each is
-either passed on, checked by the policy (`agent.policy`), clamped to a maximum, ignored with a notice, or
-denied. Unknown keys are denied: passing on what nobody reviewed is how `privileged` slipped through before.
+name, command: set in `launcher`, never overridable). A run's `host_config` is first validated as a closed
+model (`agent.host_config`: exact keys, exact types, nothing dropped); each key is then passed on, checked
+by the policy (`agent.policy`), clamped to a maximum, ignored with a notice, or denied. The create kwargs
+are built from the validated values alone, as fresh docker-py values: nothing of the run's own dicts
+reaches Docker, so nothing the policy did not read can either.
 
 Every value records where it came from (`Decision`), which is what `local-agent explain` prints.
 """
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from docker.types import DeviceRequest
+import docker.types
 
-from agent.policy import NANO, SOCKET_DIRS, SOCKET_PATHS, Policy, Violations, human_bytes, parse_memory
+from agent.host_config import (
+    BindSpec,
+    HostConfigSpec,
+    HostPortSpec,
+    MountSpec,
+    TmpfsSpec,
+    parse_host_config,
+)
+from agent.host_config import parse_gpus as parse_gpus  # re-exported: settings validates with them
+from agent.host_config import parse_volume as parse_volume
+from agent.host_config_types import port_key
+from agent.host_paths import clean
+from agent.policy import (
+    NANO,
+    SAFE_PROPAGATIONS,
+    SAFE_SECURITY_OPTS,
+    Policy,
+    Violations,
+    human_bytes,
+    is_loopback,
+    parse_memory,
+    unsafe_tmpfs_options,
+)
 
 if TYPE_CHECKING:
     from agent.settings import Settings
 
 HOST_GATEWAY = {"host.docker.internal": "host-gateway"}  # Docker >= 20.10 resolves it to the host (Linux too)
+MAX_LOOPBACK_PORTS = 32  # host ports a run may publish on loopback without `published_ports`
 NETWORK_MODES = ("host", "none")  # agent-level network names that are modes, not networks to join
 AGENT, RUN, CLAMP, DEFAULT = "agent setting", "run config", "policy clamp", "agent default"
-# host_config keys passed on as given: they change the container only, never reach the host.
-SAFE_KEYS = frozenset({
-    "init", "shm_size", "tmpfs", "ulimits", "dns", "dns_search", "dns_opt", "read_only", "cap_drop",
-    "oom_score_adj", "log_config", "mem_swappiness", "cpu_shares", "cpuset_cpus", "cpuset_mems",
-    "blkio_weight", "storage_opt", "group_add", "publish_all_ports", "isolation",
+# host_config keys passed on as validated: they change the container only, never reach the host.
+PLAIN_KEYS = frozenset({
+    "init", "shm_size", "dns", "dns_search", "dns_opt", "read_only", "cap_drop", "mem_swappiness",
+    "cpu_shares", "cpuset_cpus", "cpuset_mems", "blkio_weight", "storage_opt", "group_add", "isolation",
 })
 IGNORED_KEYS = {
     "auto_remove": "the agent removes flow containers itself, after reporting how they ended",
@@ -39,13 +61,12 @@ IGNORED_KEYS = {
 # Keys whose mere (non-empty) presence needs an override: key -> override name.
 OVERRIDE_KEYS = {
     "privileged": "privileged", "oom_kill_disable": "oom_kill_disable", "cap_add": "cap_add",
-    "devices": "devices", "device_cgroup_rules": "devices", "security_opt": "security_opt",
-    "sysctls": "sysctls", "volumes_from": "volumes", "links": "networks", "runtime": "runtime",
-    "cgroup_parent": "cgroup_parent",
+    "devices": "devices", "device_cgroup_rules": "devices", "sysctls": "sysctls", "volumes_from": "volumes",
+    "links": "networks", "runtime": "runtime", "cgroup_parent": "cgroup_parent", "ulimits": "ulimits",
+    "log_config": "log_config", "volume_driver": "volume_options", "device_requests": "gpus",
 }
 NAMESPACE_KEYS = {"pid_mode": "host_pid", "ipc_mode": "host_ipc", "uts_mode": "host_uts",
                   "userns_mode": "host_userns"}
-SAFE_NAMESPACE_VALUES = frozenset({"", "private", "shareable", "none"})
 
 
 @dataclass(frozen=True)
@@ -86,58 +107,6 @@ def env_of(name: str) -> str:
     return f"PREFECT__CLOUD__AGENT__{name.upper()}"
 
 
-# ------------------------------------------------------------------------------------------------ parsers
-@dataclass(frozen=True)
-class Volume:
-    source: str
-    target: str
-    mode: str = "rw"
-
-    @property
-    def named(self) -> bool:
-        return not self.source.startswith(("/", ".", "~"))
-
-    def bind(self) -> str:
-        return f"{self.source}:{self.target}:{self.mode}"
-
-
-def parse_volume(spec: str) -> Volume:
-    """`host-path-or-volume:container-path[:ro|rw]`, Docker's `-v` syntax."""
-    parts = spec.strip().split(":")
-    if len(parts) not in (2, 3) or not all(parts[:2]):
-        raise ValueError(f"invalid volume {spec!r}: use SOURCE:TARGET[:ro|rw]")
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise ValueError(f"invalid volume {spec!r}: the mode must be ro or rw, not {mode!r}")
-    if not parts[1].startswith("/"):
-        raise ValueError(f"invalid volume {spec!r}: the container path must be absolute")
-    if parts[0].startswith((".", "~")):
-        raise ValueError(f"invalid volume {spec!r}: host paths must be absolute (the daemon resolves them)")
-    return Volume(parts[0], parts[1], mode)
-
-
-def parse_gpus(spec: str) -> DeviceRequest:
-    """Docker's `--gpus`: `all`, a count (`2`) or device ids (`device=0,1` or `GPU-3a2...`)."""
-    text = spec.strip()
-    if text == "all":
-        return DeviceRequest(count=-1, capabilities=[["gpu"]])
-    if text.isdigit() and int(text) > 0:
-        return DeviceRequest(count=int(text), capabilities=[["gpu"]])
-    ids = [part.strip() for part in text.removeprefix("device=").split(",") if part.strip()]
-    if not ids or text.isdigit():
-        raise ValueError(f"invalid gpus {spec!r}: use all, a positive count, or device=ID[,ID...]")
-    return DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
-
-
-def device_request(value: Any) -> DeviceRequest:
-    """A run config's device request: docker-py kwargs (`count`) or its serialized JSON form (`Count`)."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"invalid device request {value!r}")
-    names = {"driver": "Driver", "count": "Count", "device_ids": "DeviceIDs", "capabilities": "Capabilities",
-             "options": "Options"}
-    return DeviceRequest(**{k: value[k] if k in value else value.get(v) for k, v in names.items()})
-
-
 # ------------------------------------------------------------------------------------------------ agent level
 def agent_options(settings: Settings, networks: list[str]) -> Options:
     """The operator's defaults for every flow container (all trusted: the policy governs run configs)."""
@@ -145,8 +114,9 @@ def agent_options(settings: Settings, networks: list[str]) -> Options:
     _agent_network(options, settings, networks)
     for spec in settings.volumes:
         volume = parse_volume(spec)
-        options.host_config.setdefault("volumes", []).append(volume.bind())
-        options.decisions.append(Decision("volumes", volume.bind(), AGENT, env_of("volumes")))
+        bind = volume.bind_string(volume.source if volume.named else clean(volume.source))
+        options.host_config.setdefault("volumes", []).append(bind)
+        options.decisions.append(Decision("volumes", bind, AGENT, env_of("volumes")))
         if volume.named:
             options.named_volumes.append(volume.source)
     _agent_limits(options, settings)
@@ -190,50 +160,65 @@ def _agent_limits(options: Options, settings: Settings) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ run level
+Handler = Callable[[Options, Policy, Violations, str, Any], None]
+
+
 def apply_run_config(options: Options, run_config: Mapping[str, Any] | None, policy: Policy) -> None:
     """Apply a `DockerRun`'s `ports` and `host_config` over the agent's options; raises `PolicyDenied`."""
     run_config = run_config or {}
     violations = Violations()
-    for port in run_config.get("ports") or []:
-        options.host_config.setdefault("ports", {})[str(port)] = []  # exposed, not published (as Prefect)
-        options.decisions.append(Decision("ports", str(port), RUN, "exposed"))
-    host_config = run_config.get("host_config") or {}
-    if not isinstance(host_config, Mapping):
-        violations.other(f"host_config must be an object, not {type(host_config).__name__}")
-        host_config = {}
-    unknown = []
-    for key, value in host_config.items():
-        handler = _handler(key)
-        if handler is None:
-            unknown.append(key)
-            continue
+    ports = run_config.get("ports") or []
+    if not isinstance(ports, list):
+        violations.other(f"ports must be a list, not {type(ports).__name__}")
+        ports = []
+    for port in ports:
         try:
-            handler(options, policy, violations, key, value)
-        except (ValueError, TypeError) as exc:
-            violations.other(f"host_config.{key}: {exc}")
-    if unknown:
-        violations.other(f"host_config key(s) {unknown} are not supported by this agent "
-                         "(docs/run-options.md lists the keys it knows)")
-    _cpu_quota(options, policy, host_config)
-    if "mem_limit" in host_config and "memswap_limit" not in host_config:
-        limit = options.host_config.get("mem_limit")
-        if limit:  # no swap unless the run asks: a flow over its limit is OOM-killed, not slowed to a crawl
-            options.set("memswap_limit", limit, RUN, "follows mem_limit (no swap)")
+            key = port_key(port)
+        except ValueError as exc:
+            violations.other(f"ports: {exc}")
+            continue
+        options.host_config.setdefault("ports", {})[key] = []  # exposed, not published (as Prefect)
+        options.decisions.append(Decision("ports", key, RUN, "exposed"))
+    raw = run_config.get("host_config")
+    raw = {} if raw is None else raw
+    config, problems = parse_host_config(raw)
+    for problem in problems:
+        violations.other(problem)
+    if config is not None:
+        for key in raw:
+            value = getattr(config, key)
+            if value is not None:
+                _handler(key)(options, policy, violations, key, value)
+        _cpu_quota(options, policy, config)
+        if config.mem_limit is not None and config.memswap_limit is None:
+            limit = options.host_config.get("mem_limit")
+            if limit:  # no swap unless the run asks: over its limit a flow is OOM-killed, not slowed down
+                options.set("memswap_limit", limit, RUN, "follows mem_limit (no swap)")
     violations.raise_if_any()
 
 
-def _handler(key: str) -> Callable[[Options, Policy, Violations, str, Any], None] | None:
-    if key in SAFE_KEYS:
-        return _pass
+def _handler(key: str) -> Handler:
+    if key in PLAIN_KEYS:
+        return _plain
     if key in OVERRIDE_KEYS:
         return _override
     if key in NAMESPACE_KEYS:
         return _namespace
-    return _HANDLERS.get(key)
+    return _HANDLERS[key]  # every other key of the model has its own handler (a test checks)
 
 
-def _pass(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    options.set(key, value, RUN)
+def _plain(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
+    if value != "" or key != "isolation":
+        options.set(key, _fresh(value), RUN)
+
+
+def _fresh(value: Any) -> Any:
+    """A copy built here of a validated plain value (lists, dicts, scalars)."""
+    if isinstance(value, list):
+        return [_fresh(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _fresh(v) for k, v in value.items()}
+    return value
 
 
 def _ignore(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
@@ -242,108 +227,135 @@ def _ignore(options: Options, policy: Policy, violations: Violations, key: str, 
 
 
 def _override(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    if not value:  # privileged=False, cap_add=[]: asks for nothing
+    if value is False or value in ([], {}, ""):  # privileged=False, cap_add=[]: asks for nothing
         return
     if violations.need(policy, OVERRIDE_KEYS[key], f"host_config.{key}"):
-        options.set(key, value, RUN, f"allowed by ALLOWED_RUN_OVERRIDES {OVERRIDE_KEYS[key]}")
+        note = f"allowed by ALLOWED_RUN_OVERRIDES {OVERRIDE_KEYS[key]}"
+        options.set(key, _docker_value(key, value), RUN, note)
 
 
-def _namespace(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    mode = str(value or "")
+def _docker_value(key: str, value: Any) -> Any:
+    if key == "ulimits":
+        return [docker.types.Ulimit(name=u.Name, soft=u.Soft, hard=u.Hard) for u in value]
+    if key == "log_config":
+        return docker.types.LogConfig(type=value.Type, config=dict(value.options or {}))
+    if key == "device_requests":
+        return [request.to_docker() for request in value]
+    return _fresh(value)
+
+
+def _namespace(options: Options, policy: Policy, violations: Violations, key: str, mode: str) -> None:
+    """Docker's default (`""`, `private`) is left out; `host` and `container:<id>` need an override."""
     what = f"host_config.{key}={mode}"
-    if mode and (mode in SAFE_NAMESPACE_VALUES or violations.need(policy, NAMESPACE_KEYS[key], what)):
+    if mode in ("", "private") and key != "ipc_mode":
+        return
+    if mode == "host" or (mode.startswith("container:") and key in ("pid_mode", "ipc_mode")):
+        if violations.need(policy, NAMESPACE_KEYS[key], what):
+            options.set(key, mode, RUN)
+    elif key == "ipc_mode" and mode in ("private", "shareable", "none"):
         options.set(key, mode, RUN)
+    elif mode:
+        violations.other(f"{what} is not a mode Docker accepts for {key}")
 
 
-def _memory(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    requested = -1 if value in (-1, "-1") else parse_memory(value)
-    granted, note = policy.clamp(key, requested, policy.max_memory, human_bytes)
+def _oom_score_adj(options: Options, policy: Policy, violations: Violations, key: str, value: int) -> None:
+    """0..1000 only makes the container easier to kill; below 0 shields it at the host's expense."""
+    if value >= 0 or violations.need(policy, "oom_score_adj", f"host_config.oom_score_adj={value}"):
+        options.set(key, value, RUN)
+
+
+def _security_opt(options: Options, policy: Policy, violations: Violations, key: str,
+                  value: list[str]) -> None:
+    unsafe = [option for option in value if option not in SAFE_SECURITY_OPTS]
+    if unsafe and not violations.need(policy, "security_opt", f"host_config.security_opt {unsafe}"):
+        return
+    if value:
+        options.set(key, list(value), RUN)
+
+
+def _memory(options: Options, policy: Policy, violations: Violations, key: str, value: int) -> None:
+    granted, note = policy.clamp(key, value, policy.max_memory, human_bytes)
     if granted < 0 and key != "memswap_limit":
         granted = 0  # -1 means "no limit"; Docker spells that 0 for memory and reservation
     options.clamp(key, value, granted, note)
 
 
-def _nano_cpus(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    granted, note = policy.clamp(key, int(value), policy.max_nano_cpus, lambda n: f"{n / NANO:g} CPUs")
-    options.clamp(key, int(value), granted, note)
+def _nano_cpus(options: Options, policy: Policy, violations: Violations, key: str, value: int) -> None:
+    granted, note = policy.clamp(key, value, policy.max_nano_cpus, lambda n: f"{n / NANO:g} CPUs")
+    options.clamp(key, value, granted, note)
 
 
-def _cpu_quota(options: Options, policy: Policy, host_config: Mapping[str, Any]) -> None:
+def _cpu_quota(options: Options, policy: Policy, config: HostConfigSpec) -> None:
     """`cpu_quota`/`cpu_period` become `nano_cpus`: Docker refuses both at once; one knob is clampable."""
-    quota = host_config.get("cpu_quota")
-    if not quota or int(quota) <= 0:
+    quota = config.cpu_quota
+    if not quota or quota <= 0:
         return
-    period = int(host_config.get("cpu_period") or 100_000)
-    _nano_cpus(options, policy, Violations(), "nano_cpus", int(quota) * NANO // period)
+    period = config.cpu_period or 100_000
+    _nano_cpus(options, policy, Violations(), "nano_cpus", quota * NANO // period)
 
 
 def _later(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
     """Handled after the loop, once both halves are known (`_cpu_quota`)."""
 
 
-def _pids(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    granted, note = policy.clamp(key, int(value), policy.max_pids)
-    options.clamp(key, int(value), granted, note)
+def _pids(options: Options, policy: Policy, violations: Violations, key: str, value: int) -> None:
+    granted, note = policy.clamp(key, value, policy.max_pids)
+    options.clamp(key, value, granted, note)
 
 
-def _binds(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    """`binds`/`volumes`: a list of `src:dst[:mode]` or a dict `{src: dst}` / `{src: {bind, mode}}`."""
-    if isinstance(value, Mapping):
-        entries = [_bind_from_dict(src, spec) for src, spec in value.items()]
-    elif isinstance(value, list | tuple):
-        entries = [parse_volume(str(i)) if str(i).startswith("/") else _named(str(i)) for i in value]
-    else:
-        raise ValueError(f"expected a list or an object, got {type(value).__name__}")
-    for volume in entries:
-        if _source_allowed(policy, violations, volume.source, f"host_config.{key}"):
-            options.host_config.setdefault("volumes", []).append(volume.bind())
-            options.decisions.append(Decision("volumes", volume.bind(), RUN))
+def _propagation_allowed(policy: Policy, violations: Violations, propagation: str | None, what: str) -> bool:
+    if propagation is None or propagation in SAFE_PROPAGATIONS:
+        return True
+    return violations.need(policy, "mount_propagation", f"{what} (propagation {propagation})")
 
 
-def _bind_from_dict(source: str, spec: Any) -> Volume:
-    if isinstance(spec, Mapping):
-        mode = "ro" if spec.get("ro") or spec.get("mode") == "ro" else "rw"
-        return Volume(str(source), str(spec.get("bind")), mode)
-    return Volume(str(source), str(spec))
+def _binds(options: Options, policy: Policy, violations: Violations, key: str, value: list[BindSpec]) -> None:
+    """`binds`/`volumes`: named volumes need `volumes`; host paths are judged by the policy (cleaned,
+    resolved) and Docker gets the judged path."""
+    for index, bind in enumerate(value):
+        what = f"host_config.{key}[{index}]"
+        propagation_ok = _propagation_allowed(policy, violations, bind.propagation, what)
+        source = policy.judge_source(bind.source, what, violations)
+        if source is not None and (":" in source or "," in source):
+            violations.other(f"{what}: the host path {source!r} cannot be written in Docker's bind syntax")
+            source = None
+        if propagation_ok and source is not None:
+            options.host_config.setdefault("volumes", []).append(bind.bind_string(source))
+            options.decisions.append(Decision("volumes", bind.bind_string(source), RUN))
 
 
-def _named(spec: str) -> Volume:
-    name, _, rest = spec.partition(":")
-    target, _, mode = rest.partition(":")
-    return Volume(name, target, mode or "rw")
+def _mounts(options: Options, policy: Policy, violations: Violations, key: str,
+            value: list[MountSpec]) -> None:
+    for index, mount in enumerate(value):
+        what = f"host_config.mounts[{index}]"
+        propagation = mount.BindOptions.Propagation if mount.BindOptions else None
+        ok = _propagation_allowed(policy, violations, propagation, what)
+        if mount.VolumeOptions is not None and mount.VolumeOptions.DriverConfig is not None:
+            ok = violations.need(policy, "volume_options", f"{what} (VolumeOptions.DriverConfig)") and ok
+        source = None
+        if mount.Type != "tmpfs":
+            source = policy.judge_source(mount.Source or "", what, violations)
+            ok = ok and source is not None
+        if ok:
+            built = mount.to_docker(source)
+            options.host_config.setdefault("mounts", []).append(built)
+            options.decisions.append(Decision("mounts", dict(built), RUN))
 
 
-def _source_allowed(policy: Policy, violations: Violations, source: str, what: str) -> bool:
-    """Named volumes need `volumes`; the socket needs `docker_socket`; host paths the allow-list."""
-    if not source.startswith(("/", ".", "~")):
-        return violations.need(policy, "volumes", f"{what} (volume {source!r})")
-    path = posixpath.normpath(source) if source.startswith("/") else source
-    if path in SOCKET_PATHS:
-        return violations.need(policy, "docker_socket", f"{what} ({path})")
-    allowed = violations.host_path(policy, source, what)
-    if path in SOCKET_DIRS:
-        allowed = violations.need(policy, "docker_socket", f"{what} ({path})") and allowed
-    return allowed
+def _tmpfs(options: Options, policy: Policy, violations: Violations, key: str,
+           value: list[TmpfsSpec]) -> None:
+    for spec in value:
+        what = f"host_config.tmpfs {spec.target}"
+        unsafe = unsafe_tmpfs_options(spec.options)
+        if spec.target in options.host_config.get("tmpfs", {}):
+            violations.other(f"{what} is given twice")
+        elif not unsafe or violations.need(policy, "tmpfs_options", f"{what} (options {','.join(unsafe)})"):
+            options.host_config.setdefault("tmpfs", {})[spec.target] = ",".join(spec.options)
+            options.decisions.append(Decision("tmpfs", f"{spec.target}:{','.join(spec.options)}", RUN))
 
 
-def _mounts(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    for mount in value or []:
-        if not isinstance(mount, Mapping):
-            raise ValueError(f"expected mount objects, got {mount!r}")
-        kind = str(mount.get("Type") or mount.get("type") or "volume")
-        source = str(mount.get("Source") or mount.get("source") or "")
-        ok = kind == "tmpfs" or (kind in ("bind", "volume") and source
-                                 and _source_allowed(policy, violations, source, "host_config.mounts"))
-        if kind not in ("bind", "volume", "tmpfs") or (kind != "tmpfs" and not source):
-            violations.other(f"host_config.mounts: unsupported mount {dict(mount)!r}")
-        elif ok:
-            options.host_config.setdefault("mounts", []).append(dict(mount))
-            options.decisions.append(Decision("mounts", dict(mount), RUN))
-
-
-def _network_mode(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
+def _network_mode(options: Options, policy: Policy, violations: Violations, key: str, mode: str) -> None:
     """`bridge`/`none` are the run's to choose; `host` and named networks or containers need overrides."""
-    mode = str(value)
     if mode == "host":
         allowed = violations.need(policy, "host_network", "host_config.network_mode=host")
     else:
@@ -362,30 +374,50 @@ def _network_mode(options: Options, policy: Policy, violations: Violations, key:
         options.decisions.append(Decision("networks", [mode], RUN))
 
 
-def _device_requests(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    if value and violations.need(policy, "gpus", "host_config.device_requests"):
-        options.set(key, [device_request(item) for item in value], RUN)
+def _span(ports: str) -> int:
+    """How many ports `8080` or `8000-8099` names (an empty host port: one, chosen by Docker)."""
+    low, _, high = ports.partition("/")[0].partition("-")
+    return max(1, int(high) - int(low) + 1) if high and low else 1
 
 
-def _ports(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    if not isinstance(value, Mapping):
-        raise ValueError("expected an object {container_port: host_port}")
-    for port, binding in value.items():
-        options.host_config.setdefault("ports", {})[str(port)] = binding
-        options.decisions.append(Decision("ports", f"{port} -> {binding}", RUN, "published"))
+def _ports(options: Options, policy: Policy, violations: Violations, key: str,
+           value: dict[str, list[HostPortSpec]]) -> None:
+    """Published on loopback by default; any other address (or none: every interface) needs an override,
+    and so do more than `MAX_LOOPBACK_PORTS` host ports (each one a listening proxy on the host)."""
+    count = sum(max(_span(port), _span(b.HostPort)) for port, bindings in value.items() for b in bindings)
+    if count > MAX_LOOPBACK_PORTS and not violations.need(
+            policy, "published_ports", f"host_config.port_bindings ({count} host ports, "
+                                       f"more than {MAX_LOOPBACK_PORTS})"):
+        return
+    for port, bindings in value.items():
+        built: list[tuple[str, int | str]] = []
+        for binding in bindings:
+            where = binding.HostIp or "all interfaces"
+            if is_loopback(binding.HostIp) or violations.need(
+                    policy, "published_ports", f"host_config.port_bindings {port} on {where}"):
+                host_port = binding.HostPort
+                built.append((binding.HostIp, int(host_port) if host_port.isdigit() else host_port))
+        options.host_config.setdefault("ports", {})[port] = built
+        options.decisions.append(Decision("ports", f"{port} -> {built}", RUN, "published"))
 
 
-def _extra_hosts(options: Options, policy: Policy, violations: Violations, key: str, value: Any) -> None:
-    hosts = dict(value) if isinstance(value, Mapping) else dict(str(h).split(":", 1) for h in value)
+def _publish_all(options: Options, policy: Policy, violations: Violations, key: str, value: bool) -> None:
+    if value and violations.need(policy, "published_ports", "host_config.publish_all_ports"):
+        options.set(key, True, RUN)
+
+
+def _extra_hosts(options: Options, policy: Policy, violations: Violations, key: str,
+                 value: dict[str, str]) -> None:
+    hosts = dict(value)
     options.extra_hosts = {**hosts, **options.extra_hosts}  # the agent's host-gateway mapping wins
     options.decisions.append(Decision("extra_hosts", hosts, RUN))
 
 
-_HANDLERS: dict[str, Callable[[Options, Policy, Violations, str, Any], None]] = {
+_HANDLERS: dict[str, Handler] = {
     "auto_remove": _ignore, "restart_policy": _ignore,
     "mem_limit": _memory, "memswap_limit": _memory, "mem_reservation": _memory,
     "nano_cpus": _nano_cpus, "cpu_quota": _later, "cpu_period": _later,
-    "pids_limit": _pids, "binds": _binds, "volumes": _binds, "mounts": _mounts,
-    "network_mode": _network_mode, "device_requests": _device_requests, "port_bindings": _ports,
-    "extra_hosts": _extra_hosts,
+    "pids_limit": _pids, "binds": _binds, "volumes": _binds, "mounts": _mounts, "tmpfs": _tmpfs,
+    "network_mode": _network_mode, "port_bindings": _ports, "publish_all_ports": _publish_all,
+    "extra_hosts": _extra_hosts, "oom_score_adj": _oom_score_adj, "security_opt": _security_opt,
 }

@@ -250,8 +250,11 @@ class DockerRuntime:
         """
         client = self._client()
         for _ in range(3):  # the holder of the name may vanish between our create and our lookup
-            container_id = self._create(client, spec)
-            if container_id is None:
+            try:
+                container_id = self.create(spec)
+            except ContainerCreateError as exc:
+                if exc.status_code != 409:  # 409: the name is taken, by an earlier launch of this run
+                    raise
                 adopted = self._adopt(client, spec, replace_exited)
                 if adopted is not None:
                     return adopted
@@ -261,6 +264,14 @@ class DockerRuntime:
             return LaunchResult(container_id, created=True)
         raise ContainerCreateError(f"container name {spec.name} is in use but its holder keeps disappearing",
                                    status_code=409, transient=True)
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (never start) `spec`'s container; a taken name is `ContainerCreateError` 409. `launch`
+        creates through it, so checks of what Docker made of a spec see what a launch would run."""
+        container_id = self._create(self._client(), spec)
+        if container_id is None:
+            raise ContainerCreateError(f"container name {spec.name} is already in use", status_code=409)
+        return container_id
 
     def _create(self, client: docker.DockerClient, spec: ContainerSpec) -> str | None:
         """Create the container and return its id, or None when the name is already taken."""

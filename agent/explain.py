@@ -30,10 +30,10 @@ from agent.launcher import should_pull as policy_says_pull
 from agent.logs import Masker, settings_secrets
 from agent.models import FlowRun
 from agent.policy import Policy, PolicyDenied, human_bytes, normalize_image
+from agent.redact import mask_data, mask_env_value
 from agent.settings import Settings
 
 FIXED = "flow runner (fixed)"
-_SECRET_SUFFIXES = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 _MEMORY_FIELDS = frozenset({"mem_limit", "memswap_limit", "mem_reservation"})
 _PROBE = "\x00explain-probe"
 
@@ -79,7 +79,23 @@ async def fetch_run(settings: Settings, flow_run_id: str) -> tuple[FlowRun | Non
 
 def explain_run(run: FlowRun, settings: Settings, identity: Identity,
                 image_present: bool | None = None) -> Explanation:
-    """Everything `launch_claimed` would decide for `run`, without doing any of it."""
+    """Everything `launch_claimed` would decide for `run`, without doing any of it; secrets masked.
+
+    Env values with secret names become `***`; every other string (values, reason, notices) is shown with
+    URL passwords and the settings' known secrets masked, since run configs and labels can carry them too.
+    """
+    mask = Masker(settings_secrets(settings))
+    result = _explain(run, settings, identity, image_present, mask)
+    result.image = mask_data(result.image, mask)
+    result.reason = mask(result.reason)
+    result.notices = mask_data(result.notices, mask)
+    result.fields = [Decision(d.field, mask_data(d.value, mask), d.source, mask(d.note))
+                     for d in result.fields]
+    return result
+
+
+def _explain(run: FlowRun, settings: Settings, identity: Identity, image_present: bool | None,
+             mask: Masker) -> Explanation:
     result = Explanation(run.id, run.flow.name, run.state)
     policy = Policy.from_settings(settings)
     try:
@@ -104,7 +120,7 @@ def explain_run(run: FlowRun, settings: Settings, identity: Identity,
     result.fields.extend(plan.decisions)
     result.notices = list(plan.notices)
     for key, value in spec.environment.items():
-        result.add(f"env {key}", _mask(key, value, settings), _env_source(key, run, settings))
+        result.add(f"env {key}", mask_env_value(key, value, mask), _env_source(key, run, settings))
     for key, value in spec.labels.items():
         source = FIXED if key.startswith(("io.prefect.", "io.local-agent.")) else env_of("container_labels")
         result.add(f"label {key}", value, source)
@@ -119,12 +135,6 @@ def _pull(result: Explanation, settings: Settings, image: str, present: bool | N
         pull = "yes" if policy_says_pull(policy, image, present) else "no"
         pull += f" (image {'present' if present else 'absent'} on this host)"
     result.add("pull", pull, env_of("pull_policy"), f"pull policy {policy.value}")
-
-
-def _mask(key: str, value: str, settings: Settings) -> str:
-    if value and key.upper().endswith(_SECRET_SUFFIXES):
-        return "***"
-    return Masker(settings_secrets(settings))(value)
 
 
 def _env_source(key: str, run: FlowRun, settings: Settings) -> str:
@@ -184,13 +194,14 @@ def _image_present(settings: Settings, image: str | None) -> bool | None:
 
 def run_explain(settings: Settings, flow_run_id: str, as_json: bool = False) -> int:
     """CLI entry: 0 when explained (whatever the verdict), 1 when the run cannot be read."""
+    mask = Masker(settings_secrets(settings))
     try:
         run, tenant_id = asyncio.run(fetch_run(settings, flow_run_id))
     except ApiError as exc:
-        print(f"local-agent explain: cannot read flow run {flow_run_id} from {settings.api}: {exc}")
+        print(mask(f"local-agent explain: cannot read flow run {flow_run_id} from {settings.api}: {exc}"))
         return 1
     if run is None:
-        print(f"local-agent explain: no flow run {flow_run_id} at {settings.api}")
+        print(mask(f"local-agent explain: no flow run {flow_run_id} at {settings.api}"))
         return 1
     identity = Identity(settings.name, list(settings.labels), tenant_id,
                         flow_api_url(settings.api, settings.flow_api_url), list(settings.network))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from agent.logs import SECRETS
 from agent.metrics import METRICS, AgentMetrics
 from agent.settings import Settings
 
@@ -110,6 +111,7 @@ class HealthState:
             last = "never" if poll_age is None else f"{poll_age:.0f}s ago"
             reasons.append(f"no successful poll of the API in {self.poll_window:.0f}s (last: {last}"
                            + (f"; error: {self.last_poll_error})" if self.last_poll_error else ")"))
+        reasons = [SECRETS(reason) for reason in reasons]  # served over HTTP: a URL may hold a password
         body = {"ready": not reasons, "reasons": reasons, "phase": self.phase,
                 "seconds_since_successful_poll": None if poll_age is None else round(poll_age, 3),
                 "docker": "unreachable" if self.docker_down_since is not None else "ok"}

@@ -234,15 +234,15 @@ def build_spec(run: FlowRun, image: str, settings: Settings, identity: Identity)
 
 
 def describe(spec: ContainerSpec) -> dict[str, Any]:
-    """The spec without secrets, for debug logs."""
-    env = {
-        k: ("***" if k in ("PREFECT__CLOUD__API_KEY", "PREFECT__CLOUD__AUTH_TOKEN") and v else v)
-        for k, v in spec.environment.items()
-    }
+    """The spec without secrets, for debug logs: secret-named env values, URL passwords and known secrets
+    masked (`agent.redact`), whatever sink the line goes to."""
+    from agent.logs import SECRETS
+    from agent.redact import mask_data, mask_env
+
     return {
         "name": spec.name,
         "image": spec.image,
         "command": spec.command,
-        "env": env,
-        "labels": spec.labels,
+        "env": mask_env(spec.environment, SECRETS),
+        "labels": mask_data(spec.labels, SECRETS),
     }

@@ -4,8 +4,10 @@ The line format is the Prefect 0.6 agent's (`2019-10-21 09:13:32,457 - agent - I
 so people who grep agent logs keep their habits. Library modules only `from loguru import logger`.
 
 `SECRETS` is the process's one registry of values to mask: the entry point fills it from the settings
-(`settings_secrets`: API token, registry passwords, the contents of password files) and whoever later
-reads a secret (a rotated password file) adds it. The agent's log and `--show-flow-logs` both mask with it.
+(`settings_secrets`: API token, registry passwords, the contents of password files, the values of secret
+`ENV_VARS`, URL passwords) and whoever later reads a secret (a rotated password file) adds it. The agent's
+log and `--show-flow-logs` both mask with it. Every `Masker` also masks the password of any URL and any
+`Bearer` value, known or not (the rules are `agent.redact`'s).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
+
+from agent.redact import MASK, env_secrets, mask_urls, url_passwords
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -26,13 +31,12 @@ if TYPE_CHECKING:
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss,SSS} - agent - {level} - {message}"
 # gql logs whole request/response bodies at DEBUG, urllib3/docker log headers: they could carry credentials.
 QUIET_LOGGERS = ("gql", "gql.transport", "aiohttp", "aiohttp.access", "urllib3", "docker", "asyncio")
-MASK = "***"
 # Any bearer credential, even one we were not told about (belt and braces for the known token).
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
 
 
 class Masker:
-    """Replaces every known secret (and any `Bearer <x>` value) with `***`."""
+    """Replaces every known secret, any URL's password and any `Bearer <x>` value with `***`."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self._lock = threading.Lock()
@@ -56,17 +60,20 @@ class Masker:
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
-        return _BEARER.sub(rf"\g<1>{MASK}", text)
+        return _BEARER.sub(rf"\g<1>{MASK}", mask_urls(text))
 
 
 SECRETS = Masker()  # every secret this process knows (see the module docstring)
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """Every secret in `settings`: the API token, and each registry's password or password file content."""
+    """Every secret in `settings`: the API token, each registry's password or password file content, the
+    values of `ENV_VARS` with secret names (a Docker error may echo them) and the passwords in its URLs."""
     from agent.registry_auth import parse_credentials  # settings -> registry_auth: keep logs import-light
 
-    found = [settings.token or ""]
+    found = [settings.token or "", *env_secrets(settings.env_vars)]
+    for url in (settings.api, settings.flow_api_url, settings.base_url):
+        found += url_passwords(url or "")
     raw = settings.registry_credentials.get_secret_value() if settings.registry_credentials else ""
     try:
         credentials = parse_credentials(raw) if raw else {}
@@ -91,7 +98,8 @@ class _StdlibToLoguru(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        frame, depth = logging.currentframe(), 2
+        frame: FrameType | None = logging.currentframe()
+        depth = 2
         while frame is not None and frame.f_code.co_filename == logging.__file__:
             frame, depth = frame.f_back, depth + 1
         logger.opt(depth=depth, exception=record.exc_info).bind(logger_name=record.name).log(

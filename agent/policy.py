@@ -13,12 +13,15 @@ Pure: no Docker, no API; `Settings` is only a type here, so `settings` may impor
 from __future__ import annotations
 
 import fnmatch
-import posixpath
+import ipaddress
+import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import docker.utils
 
+from agent.host_paths import HostPathError, clean, resolve, under
 from agent.images import names_registry, split_image
 
 if TYPE_CHECKING:
@@ -29,7 +32,13 @@ HOST_PATHS_ENV = "PREFECT__CLOUD__AGENT__ALLOWED_HOST_PATHS"
 IMAGES_ENV = "PREFECT__CLOUD__AGENT__ALLOWED_IMAGES"
 DOCKER_HUB = "docker.io"
 SOCKET_PATHS = frozenset({"/var/run/docker.sock", "/run/docker.sock"})
-SOCKET_DIRS = frozenset({"/", "/var", "/var/run", "/run"})  # binding one of these hands over the socket too
+# The engine's own files: its sockets (Docker's, containerd's), its state (every container's filesystem),
+# and /proc (its <pid>/root, cwd and fd links lead into any process's view of the host). A bind of one of
+# these, of anything below one, or of a directory that holds one is root on the host: `docker_socket`.
+DAEMON_PATHS = (
+    "/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/var/run/docker", "/run/containerd",
+    "/var/run/containerd", "/var/lib/docker", "/var/lib/containerd", "/proc",
+)
 NANO = 1_000_000_000
 
 # What a run config may only ask for when the operator names it in ALLOWED_RUN_OVERRIDES.
@@ -41,7 +50,8 @@ OVERRIDES: dict[str, str] = {
     "host_ipc": "the host's or another container's IPC namespace (host_config.ipc_mode)",
     "host_uts": "the host's UTS namespace (host_config.uts_mode=host)",
     "host_userns": "the host's user namespace (host_config.userns_mode=host)",
-    "docker_socket": "the Docker socket (a bind of /var/run/docker.sock or a directory holding it)",
+    "docker_socket": "the container engine's own files (the Docker or containerd socket, /var/lib/docker, "
+                     "/proc, or a directory holding one of them)",
     "devices": "host devices (host_config.devices, device_cgroup_rules)",
     "gpus": "GPUs (host_config.device_requests)",
     "volumes": "named volumes or another container's volumes (host_config binds/mounts, volumes_from)",
@@ -51,11 +61,35 @@ OVERRIDES: dict[str, str] = {
     "runtime": "another container runtime (host_config.runtime)",
     "oom_kill_disable": "exemption from the OOM killer (host_config.oom_kill_disable)",
     "cgroup_parent": "another parent cgroup (host_config.cgroup_parent)",
+    "volume_options": "volume driver options, which can bind any host path "
+                      "(mounts VolumeOptions.DriverConfig, volume_driver)",
+    "log_config": "a logging driver, which runs inside dockerd and can reach the host "
+                  "(host_config.log_config)",
+    "oom_score_adj": "a negative OOM score, which shields the container from the OOM killer "
+                     "(host_config.oom_score_adj < 0)",
+    "ulimits": "resource limits of its own choosing (host_config.ulimits)",
+    "tmpfs_options": "tmpfs options beyond size, mode, uid, gid, nr_inodes, nr_blocks, ro, rw, exec, noexec, "
+                     "nosuid, nodev (host_config.tmpfs, tmpfs mounts)",
+    "published_ports": "ports published on interfaces other than loopback (port_bindings without a "
+                       "127.0.0.0/8 or ::1 HostIp, publish_all_ports), or more than 32 host ports",
+    "mount_propagation": "bind propagation other than private/rprivate (binds, mounts BindOptions)",
 }
+SAFE_SECURITY_OPTS = frozenset({"no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"})
+SAFE_PROPAGATIONS = frozenset({"private", "rprivate"})
+TMPFS_FLAGS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev"})
+TMPFS_VALUES = {"size": r"\d+[kmgKMG%]?", "mode": r"[0-7]{1,4}", "uid": r"\d+", "gid": r"\d+",
+                "nr_inodes": r"\d+[kmgKMG]?", "nr_blocks": r"\d+[kmgKMG]?"}
 
 
 class PolicyDenied(Exception):
     """The run asks for something the operator's policy does not allow; the message says how to allow it."""
+
+
+def _unix_socket(address: str | None) -> tuple[str, ...]:
+    """The host path of a `unix://` daemon address (a socket elsewhere than the usual paths)."""
+    if address and address.startswith(("unix://", "http+unix://")):
+        return (clean(address.split("://", 1)[1]),)
+    return ()
 
 
 def override_hint(name: str) -> str:
@@ -88,6 +122,26 @@ def human_bytes(value: int) -> str:
         if value >= size and value % size == 0:
             return f"{value // size}{unit}"
     return f"{value}b"
+
+
+def unsafe_tmpfs_options(options: list[str]) -> list[str]:
+    """Options outside the safe set: `dev` and `suid` (device nodes, setuid binaries) and anything else."""
+    unsafe = []
+    for option in options:
+        name, sep, value = option.partition("=")
+        safe = (not sep and name in TMPFS_FLAGS) or (
+            bool(sep) and name in TMPFS_VALUES and re.fullmatch(TMPFS_VALUES[name], value) is not None)
+        if not safe:
+            unsafe.append(option)
+    return unsafe
+
+
+def is_loopback(host_ip: str) -> bool:
+    """127.0.0.0/8 or ::1; an empty HostIp means every interface."""
+    try:
+        return bool(host_ip) and ipaddress.ip_address(host_ip).is_loopback
+    except ValueError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -150,16 +204,20 @@ class Policy:
     max_memory: int | None = None
     max_nano_cpus: int | None = None
     max_pids: int | None = None
+    host_root: str = ""  # where the host's filesystem is visible to the agent; empty: lexical checks only
+    daemon_paths: tuple[str, ...] = DAEMON_PATHS  # plus the socket the agent itself talks to (from_settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         return cls(
             allowed_overrides=frozenset(settings.allowed_run_overrides),
-            allowed_host_paths=tuple(posixpath.normpath(p) for p in settings.allowed_host_paths),
+            allowed_host_paths=tuple(clean(p) for p in settings.allowed_host_paths),
             allowed_images=tuple(settings.allowed_images),
             max_memory=parse_memory(settings.max_memory) if settings.max_memory else None,
             max_nano_cpus=int(settings.max_cpus * NANO) if settings.max_cpus else None,
             max_pids=settings.max_pids_limit,
+            host_root=settings.host_root,
+            daemon_paths=DAEMON_PATHS + _unix_socket(settings.base_url or os.environ.get("DOCKER_HOST")),
         )
 
     def check_image(self, image: str) -> str | None:
@@ -179,9 +237,33 @@ class Policy:
         return override in self.allowed_overrides
 
     def host_path_allowed(self, path: str) -> bool:
-        path = posixpath.normpath(path)
-        roots = self.allowed_host_paths
-        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+        """Both sides cleaned as dockerd cleans them (`//x/`, `..`); the roots are not resolved, so a
+        symlink a flow planted between two allowed roots cannot widen them."""
+        return any(under(clean(path), clean(root)) for root in self.allowed_host_paths)
+
+    def judge_source(self, source: str, what: str, violations: Violations) -> str | None:
+        """The host path Docker should be given for `source` (a host path or a volume name), or None
+        when denied: named volumes need `volumes`; host paths are cleaned, resolved inside `host_root`,
+        then must lie in the allow-list and, if they are or hold the Docker socket, need `docker_socket`."""
+        if not source.startswith("/"):
+            return source if violations.need(self, "volumes", f"{what} (volume {source!r})") else None
+        cleaned = clean(source)
+        try:
+            resolved = resolve(cleaned, self.host_root)
+        except HostPathError as exc:
+            violations.other(f"{what}: {exc}")
+            return None
+        shown = cleaned if cleaned == resolved else f"{cleaned} -> {resolved}"
+        if {cleaned, resolved} & SOCKET_PATHS:  # the socket itself: `docker_socket` is the whole answer
+            return resolved if violations.need(self, "docker_socket", f"{what} ({shown})") else None
+        allowed = violations.host_path(self, cleaned, resolved, what)
+        if self.reaches_daemon(cleaned) or self.reaches_daemon(resolved):
+            allowed = violations.need(self, "docker_socket", f"{what} ({shown})") and allowed
+        return resolved if allowed else None
+
+    def reaches_daemon(self, path: str) -> bool:
+        """`path` is one of the engine's files (`DAEMON_PATHS`), lies below one, or holds one."""
+        return any(under(path, daemon) or under(daemon, path) for daemon in self.daemon_paths)
 
     def clamp(self, what: str, requested: int, maximum: int | None,
               show: Any = str) -> tuple[int, str | None]:
@@ -211,15 +293,13 @@ class Violations:
         self.messages.append(f"{what} requests {OVERRIDES[override]}: {override_hint(override)}")
         return False
 
-    def host_path(self, policy: Policy, source: str, what: str) -> bool:
-        if not source.startswith("/"):
-            self.messages.append(f"{what} binds {source!r}, which is not an absolute host path")
-            return False
-        if policy.host_path_allowed(source):
+    def host_path(self, policy: Policy, cleaned: str, resolved: str, what: str) -> bool:
+        if policy.host_path_allowed(resolved):
             return True
         allowed = list(policy.allowed_host_paths) or "none"
+        shown = cleaned if cleaned == resolved else f"{cleaned} (resolves to {resolved})"
         self.messages.append(
-            f"{what} binds host path {posixpath.normpath(source)}, outside the allowed host paths "
+            f"{what} binds host path {shown}, outside the allowed host paths "
             f"({allowed}): add it or a parent to {HOST_PATHS_ENV} (agent option --allowed-host-paths)"
         )
         return False

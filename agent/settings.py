@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 from agent.container_options import parse_gpus, parse_volume
+from agent.host_paths import default_host_root
 from agent.policy import parse_memory, validate_overrides
 from agent.registry_auth import parse_credentials
 
@@ -137,6 +138,7 @@ class Settings(BaseSettings):
     allowed_images: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_run_overrides: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_host_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    host_root: str = Field(default_factory=default_host_root, pattern=r"^(/.*)?$")
     level: LogLevel = "INFO"
     flow_log_level: LogLevel = "INFO"
     send_flow_run_logs: bool = True

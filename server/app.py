@@ -4,7 +4,8 @@ Each request is parsed, validated and executed in a worker thread (resolvers are
 slow database write or a long poll never blocks the event loop. Response codes follow Apollo as the Prefect
 1.4.1 client expects: HTTP 400 for unparsable or invalid documents and bad variables, HTTP 200 with
 `data` + `errors` for execution errors, never 429 or a traceback, and `UNAUTHENTICATED` in the error text
-(HTTP 200, so `Client.graphql` raises AuthorizationError) for a missing or wrong token.
+(HTTP 200, so `Client.graphql` raises AuthorizationError) for a missing or wrong token. An Authorization
+header that is not ASCII (raw bytes) is malformed input, not a wrong token: HTTP 401 with the reason.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from graphql import (
     DocumentNode,
+    ExecutionResult,
     FieldNode,
     GraphQLError,
     OperationDefinitionNode,
     OperationType,
     execute,
     get_operation_ast,
-    parse,
     validate,
 )
 from loguru import logger
@@ -34,10 +36,24 @@ from loguru import logger
 from server import auth
 from server.context import RequestContext, Services
 from server.errors import ApiError
+from server.request_limits import (
+    LARGE_BODY_BYTES,
+    BodyTooLarge,
+    ByteLRU,
+    QueryLimits,
+    check_document,
+    check_json,
+    digest,
+    parse_limited,
+    read_body,
+    release_memory,
+    too_complex,
+)
 from server.schema import build
 
 PUBLIC_FIELDS = frozenset({"hello", "api", "__typename", "__schema", "__type"})
 Payload = dict[str, Any]
+Parsed = tuple[DocumentNode | None, tuple[GraphQLError, ...]]
 
 
 def error(message: str, code: str, **extra: Any) -> Payload:
@@ -62,8 +78,20 @@ def format_error(err: GraphQLError, default_code: str) -> Payload:
     return error(message, code, **extra)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, known before its body is read: an identity, or why there is none."""
+
+    identity: auth.Identity | None = None
+    problem: str | None = None  # "missing" / "invalid" / "malformed"; None with --auth none or a valid token
+
+    @property
+    def trusted(self) -> bool:
+        return self.problem is None
+
+
 class GraphQLService:
-    """Parses (with a cache), authenticates and executes GraphQL requests; thread-safe."""
+    """Parses (with a byte-bounded cache), authenticates and executes GraphQL requests; thread-safe."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -72,27 +100,69 @@ class GraphQLService:
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="graphql")
         # Long polls wait in their own pool, so many waiting agents never starve ordinary requests.
         self.poll_executor = ThreadPoolExecutor(settings.long_poll_threads, thread_name_prefix="long-poll")
+        self.limits = QueryLimits(
+            settings.max_query_chars, settings.max_query_tokens, settings.max_query_depth,
+            settings.max_query_aliases, settings.max_query_fields)
+        self.documents: ByteLRU[Parsed] = ByteLRU(settings.document_cache_bytes,
+                                                  settings.document_cache_max_query_bytes)
+        self.identities = auth.IdentityCache(settings.token_cache_ttl_s)
+        self.agents: ByteLRU[bool] = ByteLRU(64 * 1024, 64)
 
     def pool_for(self, query: str) -> ThreadPoolExecutor:
         """Routing only (both pools execute identically), so a cheap substring test is enough."""
         return self.poll_executor if "get_runs_in_queue" in query[:10_000] else self.executor
 
-    @functools.lru_cache(maxsize=512)  # noqa: B019 - one service per process, lives as long as it
-    def document(self, query: str) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
+    def document(self, query: str) -> Parsed:
+        """Parsed, limit-checked and validated once per distinct (small) query text."""
+        key = digest(query)
+        cached = self.documents.get(key)
+        if cached is not None:
+            return cached
         try:
-            document = parse(query)
+            document = parse_limited(query, self.limits)
         except GraphQLError as exc:
             return None, (exc,)
-        return document, tuple(validate(self.schema, document))
+        errors = tuple(check_document(document, self.limits))
+        try:
+            errors = errors or tuple(validate(self.schema, document))
+        except RecursionError:
+            errors = (too_complex("the document is nested too deeply to validate"),)
+        parsed = (document, errors)
+        self.documents.put(key, parsed, len(query))
+        return parsed
 
-    def run(self, body: Payload, headers: dict[str, str]) -> tuple[int, Payload]:
+    def quick_caller(self, headers: dict[str, str]) -> Caller | None:
+        """What the event loop decides alone (no auth, no or malformed header, cached token), else None."""
+        if self.services.settings.auth == "none":
+            return Caller()
+        header = headers.get("authorization")
+        if header and not header.isascii():  # aiohttp passes raw bytes through as surrogates
+            return Caller(problem="malformed")
+        token = auth.bearer(header)
+        if token is None:
+            return Caller(problem="missing")
+        identity = self.identities.cached(token)
+        return Caller(identity) if identity is not None else None
+
+    def caller(self, headers: dict[str, str]) -> Caller:
+        """Token check, done before the body is read (in a worker thread when it has to hit the database)."""
+        quick = self.quick_caller(headers)
+        if quick is not None:
+            return quick
+        token = str(auth.bearer(headers.get("authorization")))
+        identity = self.identities.authenticate(self.services.engine, token)
+        return Caller(identity) if identity is not None else Caller(problem="invalid")
+
+    def run(
+        self, body: Payload, headers: dict[str, str], caller: Caller | None = None
+    ) -> tuple[int, Payload]:
         document, errors = self.document(body["query"])
         if errors or document is None:
             return 400, {"errors": [format_error(e, "GRAPHQL_VALIDATION_FAILED") for e in errors]}
         operation = get_operation_ast(document, body.get("operationName"))
         if operation is None:
             return 400, {"errors": [error("Unknown or ambiguous operation.", "GRAPHQL_VALIDATION_FAILED")]}
-        ctx = self.context(headers, operation)
+        ctx = self.context(headers, operation, caller or self.caller(headers))
         if isinstance(ctx, dict):
             return 200, {"data": None, "errors": [ctx]}
         try:
@@ -100,7 +170,7 @@ class GraphQLService:
                              operation_name=body.get("operationName"))
         finally:
             ctx.close()
-        assert not asyncio.iscoroutine(result)
+        assert isinstance(result, ExecutionResult)  # synchronous resolvers only
         if result.errors and result.data is None and all(e.path is None for e in result.errors):
             return 400, {"errors": [format_error(e, "BAD_USER_INPUT") for e in result.errors]}
         payload: Payload = {"data": result.data}
@@ -109,33 +179,53 @@ class GraphQLService:
         return 200, payload
 
     def context(
-        self, headers: dict[str, str], operation: OperationDefinitionNode
+        self, headers: dict[str, str], operation: OperationDefinitionNode, caller: Caller
     ) -> RequestContext | Payload:
         """The request's identity, or an UNAUTHENTICATED error payload."""
-        agent_id = headers.get("x-prefect-agent-id")
-        ctx = RequestContext(
-            self.services, agent_id=agent_id if agent_id and _is_uuid(agent_id) else None,
-            core_version=(headers.get("x-prefect-core-version") or None),
-            share_reads=operation.operation == OperationType.QUERY)
-        if ctx.core_version:
-            ctx.core_version = ctx.core_version[:64]
-        if self.services.settings.auth == "none" or _public(operation):
-            return ctx
-        token = auth.bearer(headers.get("authorization"))
-        if token is None:
-            return error("UNAUTHENTICATED: an API token is required (Authorization: Bearer <token>).",
-                         "UNAUTHENTICATED")
-        identity = auth.authenticate(self.services.engine, token)
-        if identity is None:
-            return error("UNAUTHENTICATED: invalid API token.", "UNAUTHENTICATED")
-        ctx.tenant_id, ctx.scope = identity.tenant_id, identity.scope
+        ctx = RequestContext(self.services, core_version=_header_text(headers.get("x-prefect-core-version")),
+                             share_reads=operation.operation == OperationType.QUERY)
+        if caller.identity is not None:
+            ctx.tenant_id, ctx.scope = caller.identity.tenant_id, caller.identity.scope
+        elif caller.problem is not None and not _public(operation):
+            return unauthenticated(caller.problem)
+        ctx.agent_id = self.agent_id(headers.get("x-prefect-agent-id"), ctx.tenant_id)
         return ctx
+
+    def agent_id(self, value: str | None, tenant_id: str | None) -> str | None:
+        """The agent-id header, honoured only for an agent of the caller's tenant (any with --auth none)."""
+        if not value or not _is_uuid(value):
+            return None
+        agent_id = str(uuid.UUID(value))
+        if tenant_id is None:
+            return agent_id
+        key = f"{tenant_id}/{agent_id}".encode()
+        if self.agents.get(key) or auth.agent_in_tenant(self.services.engine, agent_id, tenant_id):
+            self.agents.put(key, True, 64)  # agents never change tenant, so a positive answer stays true
+            return agent_id
+        return None
+
+
+REASONS = {
+    "missing": "an API token is required (Authorization: Bearer <token>)",
+    "malformed": "the Authorization header is not valid ASCII",
+}
+
+
+def unauthenticated(problem: str) -> Payload:
+    return error(f"UNAUTHENTICATED: {REASONS.get(problem, 'invalid API token')}.", "UNAUTHENTICATED")
+
+
+def _header_text(value: str | None, limit: int = 64) -> str | None:
+    """A header value safe to store: printable ASCII (aiohttp passes raw bytes through as surrogates)."""
+    if not value or not value.isascii() or not value.isprintable():
+        return None
+    return value[:limit]
 
 
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
-    except ValueError:
+    except (ValueError, TypeError):
         return False
     return True
 
@@ -146,25 +236,37 @@ def _public(operation: OperationDefinitionNode) -> bool:
     return all(isinstance(f, FieldNode) and f.name.value in PUBLIC_FIELDS for f in fields)
 
 
-def parse_body(raw: bytes) -> Payload:
-    """{"query": str, "variables": JSON string ("null" when none) or object}; raises ValueError."""
+def parse_body(raw: bytes, max_json_depth: int = 64) -> Payload:
+    """{"query": str, "variables": JSON string ("null" when none) or object}; raises ValueError (-> 400)."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"Malformed JSON body: {exc}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"The body is not valid UTF-8 (byte {exc.start}).") from None
+    body = _loads(text, "body", max_json_depth)
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         raise ValueError("The body must be a JSON object with a string 'query'.")
     variables = body.get("variables")
     if isinstance(variables, str):
-        try:
-            variables = json.loads(variables)
-        except ValueError as exc:
-            raise ValueError(f"Malformed 'variables' JSON string: {exc}") from None
+        variables = _loads(variables, "'variables' string", max_json_depth)
     if variables is not None and not isinstance(variables, dict):
         raise ValueError("'variables' must be a JSON object (or a string holding one).")
     name = body.get("operationName")
     name = name if isinstance(name, str) else None
     return {"query": body["query"], "variables": variables, "operationName": name}
+
+
+def _loads(text: str, what: str, max_depth: int) -> Any:
+    """json.loads that turns deep nesting and lone surrogates into a ValueError with a reason."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"Malformed JSON {what}: nested too deeply (limit: {max_depth} levels).") from None
+    except ValueError as exc:
+        raise ValueError(f"Malformed JSON {what}: {exc}") from None
+    problem = check_json(value, max_depth)
+    if problem is not None:
+        raise ValueError(f"Malformed JSON {what}: {problem}.")
+    return value
 
 
 _dumps = functools.partial(json.dumps, default=str)
@@ -184,24 +286,14 @@ def build_app(services: Services) -> web.Application:
 
     async def handle(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        try:
-            body = parse_body(await request.read())
-        except web.HTTPRequestEntityTooLarge:
-            return _json({"errors": [error("Request body too large.", "PAYLOAD_TOO_LARGE")]}, 413)
-        except ValueError as exc:
-            return _json({"errors": [error(str(exc), "BAD_REQUEST")]}, 400)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        loop = asyncio.get_running_loop()
-        try:
-            pool = service.pool_for(body["query"])
-            status, payload = await loop.run_in_executor(pool, service.run, body, headers)
-        except Exception:  # e.g. the database is unreachable: retryable for the client, no traceback
-            logger.exception("request failed")
-            unavailable = error("Service unavailable; see the server log.", "UNAVAILABLE")
-            status, payload = 503, {"errors": [unavailable]}
+        status, payload, close = await _respond(service, request, headers)
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.debug("POST {} -> {} in {:.1f} ms", request.path, status, elapsed_ms)
-        return _json(payload, status)
+        response = _json(payload, status)
+        if close:  # the unread rest of the body is discarded by aiohttp (bounded), then the connection closes
+            response.force_close()
+        return response
 
     async def not_allowed(_request: web.Request) -> web.Response:
         return _json({"errors": [error("Use POST with a JSON GraphQL body.", "METHOD_NOT_ALLOWED")]}, 405)
@@ -211,6 +303,55 @@ def build_app(services: Services) -> web.Application:
         app.router.add_get(path, not_allowed)
     app.on_cleanup.append(_shutdown_executor)
     return app
+
+
+async def _respond(
+    service: GraphQLService, request: web.Request, headers: dict[str, str]
+) -> tuple[int, Payload, bool]:
+    """Authenticate, read at most the caller's body limit, parse, execute: (status, payload, close)."""
+    settings, loop = service.services.settings, asyncio.get_running_loop()
+    try:
+        caller = service.quick_caller(headers)  # a cached token costs no executor hop
+        if caller is None:
+            caller = await loop.run_in_executor(service.executor, service.caller, headers)
+        if caller.problem == "malformed":
+            return 401, {"errors": [unauthenticated(caller.problem)]}, True
+        limit = settings.max_body_bytes if caller.trusted else settings.anonymous_max_body_bytes
+        try:
+            raw = await read_body(request, limit)
+        except BodyTooLarge:
+            return 413, {"errors": [error(_too_large(limit, caller), "PAYLOAD_TOO_LARGE")]}, True
+        try:
+            body = await _parse(service, loop, raw)
+        except ValueError as exc:
+            return 400, {"errors": [error(str(exc), "BAD_REQUEST")]}, False
+        large = len(raw) >= LARGE_BODY_BYTES
+        del raw
+        status, payload = await loop.run_in_executor(service.pool_for(body["query"]), service.run, body,
+                                                     headers, caller)
+        if large:  # measured: no slower for other requests, and half the resident growth
+            del body
+            await loop.run_in_executor(service.executor, release_memory)
+        return status, payload, False
+    except Exception:  # e.g. the database is unreachable: retryable for the client, no traceback
+        logger.exception("request failed")
+        return 503, {"errors": [error("Service unavailable; see the server log.", "UNAVAILABLE")]}, False
+
+
+async def _parse(service: GraphQLService, loop: asyncio.AbstractEventLoop, raw: bytes) -> Payload:
+    """Small bodies on the event loop; larger ones (decoding and walking them would stall every other
+    request) in a worker thread."""
+    depth = service.services.settings.max_json_depth
+    if len(raw) < LARGE_BODY_BYTES:
+        return parse_body(raw, depth)
+    return await loop.run_in_executor(service.executor, parse_body, raw, depth)
+
+
+def _too_large(limit: int, caller: Caller) -> str:
+    if caller.trusted:
+        return f"Request body too large (limit: {limit} bytes, max_body_bytes)."
+    return (f"Request body too large: without a valid API token at most {limit} bytes are accepted "
+            "(anonymous_max_body_bytes); send Authorization: Bearer <token>.")
 
 
 async def _shutdown_executor(app: web.Application) -> None:

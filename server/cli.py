@@ -1,4 +1,4 @@
-"""`local-agent-server start | token create | flow-run create | seed` (also `python -m server`)."""
+"""`local-agent-server start | token create | tenant create | flow-run create | seed` (`python -m server`)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,17 @@ def _parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create a token and print it (only time it is shown)")
-    create.add_argument("--scope", choices=("RUNNER", "USER"), default="RUNNER")
+    create.add_argument("--scope", choices=("RUNNER", "USER", "ADMIN"), default="RUNNER",
+                        help="ADMIN may also create tenants")
     create.add_argument("--name", required=True)
     create.add_argument("--tenant", help="tenant slug (default: the first tenant)")
     _database_option(create)
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="tenant_command", required=True)
+    new_tenant = tenant.add_parser("create", help="create a tenant and print its id")
+    new_tenant.add_argument("--name", required=True)
+    new_tenant.add_argument("--slug", required=True)
+    _database_option(new_tenant)
 
     runs = sub.add_parser("flow-run", help="flow runs").add_subparsers(dest="run_command", required=True)
     run = runs.add_parser("create", help="create a flow run and print its id")
@@ -97,6 +104,10 @@ def _dispatch(args: argparse.Namespace, settings: ServerSettings) -> int:
         from server.auth import create_token
 
         print(create_token(services.engine, args.scope, args.name, args.tenant))
+    elif args.command == "tenant":
+        from server.auth import create_tenant
+
+        print(create_tenant(services.engine, args.name, args.slug))
     elif args.command == "flow-run":
         print(_create_run(services, args))
     elif args.command == "seed":

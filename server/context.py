@@ -13,7 +13,7 @@ from server.errors import ForbiddenError
 from server.events import QueueEvents
 from server.settings import ServerSettings
 
-SCOPES = ("RUNNER", "USER")
+SCOPES = ("RUNNER", "USER", "ADMIN")  # each may do everything the ones before it may
 
 
 @dataclass
@@ -68,7 +68,7 @@ class RequestContext:
         self._stack.close()
 
     def require(self, scope: str, operation: str) -> None:
-        """USER may do everything RUNNER may; with --auth none there are no scopes."""
+        """USER may do all RUNNER may, ADMIN all USER may; with --auth none there are no scopes."""
         if self.scope is None or SCOPES.index(self.scope) >= SCOPES.index(scope):
             return
         raise ForbiddenError(

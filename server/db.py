@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,9 +40,12 @@ from sqlalchemy import (
     event,
     func,
     select,
+    true,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+
+from server.write_gate import FairGate, gate_for, register_gate
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -132,6 +135,8 @@ flow = Table(
     Column("serialized_flow", JsonType),
     Column("settings", JsonType),
     Column("archived", Boolean, nullable=False, default=False),
+    # False while a registration writes its tasks and edges in batches: such a flow is invisible.
+    Column("ready", Boolean, nullable=False, default=True, server_default=true()),
     _created(),
     Index("ix_flow_project_name", "project_id", "name"),
     Index("ix_flow_version_group", "tenant_id", "version_group_id"),
@@ -293,6 +298,7 @@ def create_db_engine(url: str, *, pool_size: int = 16, busy_timeout_ms: int = 30
         url, pool_size=pool_size, max_overflow=pool_size, connect_args={"check_same_thread": False}
     )
     _install_sqlite_hooks(engine, busy_timeout_ms)
+    register_gate(engine, FairGate(busy_timeout_ms / 1000))
     return engine
 
 
@@ -322,17 +328,25 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: takes SQLite's write lock up front, waiting up to busy_timeout for it."""
-    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
-        yield conn
+    """A write transaction: takes SQLite's write lock up front (in arrival order within this process)."""
+    gate = gate_for(engine)
+    with gate.turn() if gate is not None else nullcontext():
+        with engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            yield conn
 
 
 # ---------------------------------------------------------------- migrations
 
 Migration = Callable[[Connection], None]
+
+
+def _add_flow_ready(conn: Connection) -> None:
+    conn.exec_driver_sql("ALTER TABLE flow ADD COLUMN ready BOOLEAN NOT NULL DEFAULT TRUE")
+
+
 # Append (version, step) pairs here; never edit a released step. Version 1 is the first release's schema.
-MIGRATIONS: list[tuple[int, Migration]] = []
-LATEST_VERSION = 1
+MIGRATIONS: list[tuple[int, Migration]] = [(2, _add_flow_ready)]
+LATEST_VERSION = 2
 
 
 def current_version(conn: Connection) -> int:

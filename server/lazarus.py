@@ -17,6 +17,7 @@ from loguru import logger
 from sqlalchemy import Connection, or_, select
 
 from server import db
+from server.abandoned import discard_stale_registrations
 from server.context import Services
 from server.errors import ApiError
 from server.states import Change, scheduled_state, write_state
@@ -72,12 +73,13 @@ def _revive(conn: Connection, run_id: str, cutoff: Any, limit: int) -> int:
 
 
 async def run(services: Services, stop: asyncio.Event) -> None:
-    """Sweep every `zombie_check_interval_s` until `stop` is set."""
+    """Sweep zombies and abandoned registrations every `zombie_check_interval_s` until `stop` is set."""
     interval = services.settings.zombie_check_interval_s
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             await loop.run_in_executor(None, sweep, services)
+            await loop.run_in_executor(None, discard_stale_registrations, services)
         except Exception:  # a transient database error must not end the service
             logger.exception("lazarus sweep failed")
         try:

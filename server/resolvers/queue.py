@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from server import db
 from server.context import RequestContext
 from server.errors import ApiError, NotFoundError
+from server.limits import check_labels, check_name
 from server.queue import next_due, queued_run_ids
 from server.resolvers.read import ctx_of
 
@@ -36,6 +37,8 @@ def resolve_register_agent(_obj: Any, info: GraphQLResolveInfo, input: dict[str,
     """De-duplicated on (tenant, name, type, core version, sorted labels) like Prefect Server."""
     ctx = ctx_of(info)
     tenant_id = _tenant(ctx, input.get("tenant_id"))
+    check_labels(ctx.settings, input.get("labels"))
+    check_name(ctx.settings, input.get("name"), "Agent name", required=False)
     labels = sorted(input.get("labels") or [])
     ag = db.agent
     with ctx.write() as conn:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from graphql import GraphQLResolveInfo
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, true
 
 from server import __version__, db
 from server.context import RequestContext
 from server.errors import ApiError, NotFoundError
 from server.filters import SPECS, order_clauses, where_clause
+from server.limits import list_limit
 
 Row = dict[str, Any]
 
@@ -31,21 +32,33 @@ def list_rows(
     limit: int | None = None,
     offset: int | None = None,
     extra: ColumnElement[bool] | None = None,
+    nested: bool = False,
 ) -> list[Row]:
-    """Rows of one table, tenant-scoped, filtered, ordered (then by creation, for a stable order)."""
-    if (limit is not None and limit < 0) or (offset is not None and offset < 0):
-        raise ApiError("limit and offset must not be negative.")
+    """Rows of one table, tenant-scoped, filtered, ordered (then by creation, for a stable order).
+
+    Every list is bounded (`list_limit`), and rows a multi-transaction write has not finished are hidden.
+    """
+    if offset is not None and offset < 0:
+        raise ApiError("limit and offset must not be negative.", "BAD_USER_INPUT")
     table = SPECS[kind].table
-    stmt = select(table).where(ctx.scoped(table), where_clause(kind, table, where))
+    stmt = select(table).where(ctx.scoped(table), where_clause(kind, table, where), visible(kind))
     if extra is not None:
         stmt = stmt.where(extra)
     stmt = stmt.order_by(*order_clauses(table, order_by), table.c.created, table.c.id)
-    if limit is not None:
-        stmt = stmt.limit(limit)
+    stmt = stmt.limit(list_limit(ctx.settings, limit, nested=nested))
     if offset:
         stmt = stmt.offset(offset)
     with ctx.read() as conn:
         return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def visible(kind: str) -> ColumnElement[bool]:
+    """A flow is visible once all its tasks are stored, a flow run once its task runs and Scheduled are."""
+    if kind == "flow":
+        return db.flow.c.ready.is_(True)
+    if kind == "flow_run":
+        return db.flow_run.c.state.is_not(None)
+    return true()
 
 
 def get_row(ctx: RequestContext, kind: str, row_id: str | None) -> Row | None:
@@ -53,7 +66,8 @@ def get_row(ctx: RequestContext, kind: str, row_id: str | None) -> Row | None:
         return None
     table = SPECS[kind].table
     with ctx.read() as conn:
-        row = conn.execute(select(table).where(table.c.id == row_id, ctx.scoped(table))).first()
+        stmt = select(table).where(table.c.id == row_id, ctx.scoped(table), visible(kind))
+        row = conn.execute(stmt).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -81,11 +95,11 @@ def _parent(kind: str, key: str) -> Any:
 def resolve_task_runs(obj: Row, info: GraphQLResolveInfo, **args: Any) -> list[Row]:
     extra = db.task_run.c.flow_run_id == obj["id"]
     args.setdefault("order_by", [{"map_index": "asc"}])
-    return list_rows(ctx_of(info), "task_run", extra=extra, **args)
+    return list_rows(ctx_of(info), "task_run", extra=extra, nested=True, **args)
 
 
 def resolve_tasks(obj: Row, info: GraphQLResolveInfo, where: dict[str, Any] | None = None) -> list[Row]:
-    return list_rows(ctx_of(info), "task", where=where, extra=db.task.c.flow_id == obj["id"])
+    return list_rows(ctx_of(info), "task", where=where, extra=db.task.c.flow_id == obj["id"], nested=True)
 
 
 def resolve_hello(_obj: Any, _info: GraphQLResolveInfo) -> str:
@@ -125,7 +139,7 @@ RESOLVERS: dict[str, Any] = {
     "Query.auth_info": resolve_auth_info,
     "Query.get_task_run_info": resolve_get_task_run_info,
     **{f"Query.{kind}": _lister(kind) for kind in (
-        "tenant", "project", "flow", "flow_run", "task_run", "agent_config", "log")},
+        "project", "flow", "flow_run", "task_run", "agent_config", "log")},  # tenant: tenants.py
     **{f"Query.{kind}_by_pk": _by_pk(kind) for kind in ("flow", "flow_run", "task_run")},
     "flow_run.flow": _parent("flow", "flow_id"),
     "flow_run.task_runs": resolve_task_runs,

@@ -11,8 +11,10 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from server import db
+from server.batches import cascade_cancelled, insert_in_batches
 from server.context import RequestContext
 from server.errors import ApiError, NotFoundError
+from server.limits import check_count, check_json_size, check_key, check_labels, check_name
 from server.resolvers.read import ctx_of
 from server.states import FINISHED_STATES, Change, scheduled_state, set_flow_run_state, write_state
 
@@ -31,7 +33,8 @@ def _random_name() -> str:
 def _select_flow(conn: Connection, ctx: RequestContext, args: dict[str, Any]) -> Any:
     flow = db.flow
     if args.get("flow_id"):
-        row = conn.execute(select(flow).where(flow.c.id == args["flow_id"], ctx.scoped(flow))).first()
+        stmt = select(flow).where(flow.c.id == args["flow_id"], ctx.scoped(flow), flow.c.ready.is_(True))
+        row = conn.execute(stmt).first()
         if row is None:
             raise NotFoundError(f"Flow {args['flow_id']} not found.")
         if row.archived:
@@ -39,7 +42,8 @@ def _select_flow(conn: Connection, ctx: RequestContext, args: dict[str, Any]) ->
         return row
     if args.get("version_group_id"):
         row = conn.execute(select(flow).where(
-            flow.c.version_group_id == args["version_group_id"], flow.c.archived.is_(False), ctx.scoped(flow)
+            flow.c.version_group_id == args["version_group_id"], flow.c.archived.is_(False), ctx.scoped(flow),
+            flow.c.ready.is_(True),
         ).order_by(flow.c.version.desc()).limit(1)).first()
         if row is None:
             raise NotFoundError(f"No unarchived flow found in version group {args['version_group_id']}.")
@@ -76,42 +80,81 @@ def pick_parameters(args: dict[str, Any], group: Any, flow: Any) -> dict[str, An
     return params
 
 
-def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
-    """Insert at version 0, pre-create one Pending task run per task, then Scheduled (version 1)."""
-    for key in ("context", "run_config"):
+def _check_run_input(ctx: RequestContext, args: dict[str, Any]) -> None:
+    settings = ctx.settings
+    for key in ("context", "run_config", "parameters"):
         if args.get(key) is not None and not isinstance(args[key], dict):
-            raise ApiError(f"{key} must be a JSON object.")
+            raise ApiError(f"{key} must be a JSON object.", "BAD_USER_INPUT")
+        check_json_size(settings, args.get(key), key)
+    check_name(settings, args.get("flow_run_name") or None, "flow_run_name", required=False)
+    check_labels(settings, args.get("labels"))
+    check_key(settings, args.get("idempotency_key"), "idempotency_key")
+
+
+def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
+    """Insert without a state, pre-create its Pending task runs in batches, then Scheduled (version 1).
+
+    A run without a state is invisible (reads) and not queueable, so a crash half-way shows nothing; the
+    client's retry with the same idempotency key finds the run and finishes it.
+    """
+    _check_run_input(ctx, args)
     with ctx.write() as conn:
         flow = _select_flow(conn, ctx, args)
-        key = args.get("idempotency_key")
-        if key:
-            existing = conn.execute(select(db.flow_run.c.id).where(
-                db.flow_run.c.flow_id == flow.id, db.flow_run.c.idempotency_key == key)).scalar()
-            if existing:
-                return existing  # type: ignore[no-any-return]
-        group = conn.execute(select(db.flow_group).where(db.flow_group.c.id == flow.flow_group_id)).one()
-        run_id = db.new_id()
-        start: datetime = args.get("scheduled_start_time") or db.utcnow()
-        conn.execute(db.flow_run.insert().values(
-            id=run_id, tenant_id=flow.tenant_id, flow_id=flow.id,
-            name=args.get("flow_run_name") or _random_name(), version=0, scheduled_start_time=start,
-            parameters=pick_parameters(args, group, flow),
-            context=args.get("context") or {}, labels=pick_labels(args, group, flow),
-            run_config=args.get("run_config") or group.run_config or flow.run_config,
-            idempotency_key=key, times_resurrected=0, created=db.utcnow()))
-        _precreate_task_runs(conn, flow, run_id)
-        change = Change(scheduled_state(start, "Flow run scheduled."))
-        write_state(conn, db.flow_run, "flow", run_id, change, db.flow_run.c.id.is_not(None))
-    ctx.services.events.notify()
-    return run_id
+        row = _existing_run(conn, flow.id, args.get("idempotency_key"))
+        if row is None:
+            row = _insert_run(conn, ctx, flow, args)
+    if row.state is None:
+        _precreate_task_runs(ctx, flow, row.id)
+        _schedule_run(ctx, row)
+        ctx.services.events.notify()
+    return row.id  # type: ignore[no-any-return]
 
 
-def _precreate_task_runs(conn: Connection, flow: Any, run_id: str) -> None:
-    tasks = conn.execute(select(db.task.c.id, db.task.c.cache_key).where(db.task.c.flow_id == flow.id)).all()
+def _existing_run(conn: Connection, flow_id: str, key: str | None) -> Any:
+    if not key:
+        return None
+    fr = db.flow_run
+    stmt = select(fr).where(fr.c.flow_id == flow_id, fr.c.idempotency_key == key).order_by(fr.c.created)
+    return conn.execute(stmt.limit(1)).first()
+
+
+def _insert_run(conn: Connection, ctx: RequestContext, flow: Any, args: dict[str, Any]) -> Any:
+    group = conn.execute(select(db.flow_group).where(db.flow_group.c.id == flow.flow_group_id)).one()
+    run_id = db.new_id()
+    start: datetime = args.get("scheduled_start_time") or db.utcnow()
+    conn.execute(db.flow_run.insert().values(
+        id=run_id, tenant_id=flow.tenant_id, flow_id=flow.id,
+        name=args.get("flow_run_name") or _random_name(), version=0, scheduled_start_time=start,
+        parameters=pick_parameters(args, group, flow),
+        context=args.get("context") or {}, labels=pick_labels(args, group, flow),
+        run_config=args.get("run_config") or group.run_config or flow.run_config,
+        idempotency_key=args.get("idempotency_key"), times_resurrected=0, created=db.utcnow()))
+    return conn.execute(select(db.flow_run).where(db.flow_run.c.id == run_id)).one()
+
+
+def _schedule_run(ctx: RequestContext, row: Any) -> None:
+    with ctx.write() as conn:
+        state = conn.execute(select(db.flow_run.c.state).where(db.flow_run.c.id == row.id)).scalar()
+        if state is None:  # a concurrent retry may have finished it
+            change = Change(scheduled_state(row.scheduled_start_time, "Flow run scheduled."))
+            write_state(conn, db.flow_run, "flow", row.id, change, db.flow_run.c.id.is_not(None))
+
+
+def _precreate_task_runs(ctx: RequestContext, flow: Any, run_id: str) -> None:
+    """One Pending task run per task (map_index -1); those a crashed attempt already wrote are kept."""
+    tr = db.task_run
+    with db.read_tx(ctx.engine) as conn:
+        task = db.task
+        tasks = conn.execute(select(task.c.id, task.c.cache_key).where(task.c.flow_id == flow.id)).all()
+        existing = select(tr.c.task_id).where(tr.c.flow_run_id == run_id, tr.c.map_index == -1)
+        have = set(conn.execute(existing).scalars())
     now = db.utcnow()
-    rows = [_pending_task_run(flow.tenant_id, run_id, t.id, -1, t.cache_key, now) for t in tasks]
-    if rows:
-        conn.execute(db.task_run.insert(), rows)
+    rows = [_pending_task_run(flow.tenant_id, run_id, t.id, -1, t.cache_key, now)
+            for t in tasks if t.id not in have]
+    try:
+        insert_in_batches(ctx, tr, rows)
+    except IntegrityError as exc:  # a concurrent retry of the same creation
+        raise ApiError("The flow run is being created by another request; try again.", "CONFLICT") from exc
 
 
 def _pending_task_run(
@@ -136,17 +179,27 @@ def _cancel_state(kind: str) -> dict[str, Any]:
 
 
 def resolve_cancel_flow_run(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
-    """Running -> Cancelling (the runner stops itself); not finished -> Cancelled; finished -> unchanged."""
+    """Running -> Cancelling (the runner stops itself); not finished -> Cancelled; finished -> unchanged.
+
+    The run's state is written first, in one short transaction; the cascade to its task runs follows in
+    batches. A cancel of a run that is Cancelled already runs the cascade again, which finishes one that
+    was interrupted and changes nothing otherwise.
+    """
     ctx, run_id = ctx_of(info), input["flow_run_id"]
     with ctx.write() as conn:
-        stmt = select(db.flow_run).where(db.flow_run.c.id == run_id, ctx.scoped(db.flow_run))
+        stmt = select(db.flow_run).where(db.flow_run.c.id == run_id, ctx.scoped(db.flow_run),
+                                         db.flow_run.c.state.is_not(None))
         row = conn.execute(stmt).first()
         if row is None:
             raise NotFoundError(f"Flow run {run_id} not found.")
         if row.state in FINISHED_STATES or row.state == "Cancelling":
-            return {"state": row.state}
-        target = "Cancelling" if row.state == "Running" else "Cancelled"
-        set_flow_run_state(conn, run_id, Change(_cancel_state(target)), ctx.scoped(db.flow_run))
+            target, state = row.state, row.serialized_state
+        else:
+            target = "Cancelling" if row.state == "Running" else "Cancelled"
+            state = _cancel_state(target)
+            set_flow_run_state(conn, run_id, Change(state), ctx.scoped(db.flow_run))
+    if target == "Cancelled":
+        cascade_cancelled(ctx, run_id, state if isinstance(state, dict) else _cancel_state(target))
     return {"state": target}
 
 
@@ -162,10 +215,9 @@ def _update_run(ctx: RequestContext, kind: str, run_id: str, **values: Any) -> d
 
 def _rename(kind: str) -> Any:
     def resolve(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
-        name = input["name"]
-        if not name.strip() or len(name) > 1000:
-            raise ApiError("name must be a non-empty string of at most 1000 characters.")
-        return _update_run(ctx_of(info), kind, input[f"{kind}_id"], name=name)
+        ctx = ctx_of(info)
+        name = check_name(ctx.settings, input["name"], "name")
+        return _update_run(ctx, kind, input[f"{kind}_id"], name=name)
 
     return resolve
 
@@ -227,9 +279,19 @@ def _log_row(item: dict[str, Any], tenants: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _check_logs(ctx: RequestContext, logs: list[dict[str, Any]]) -> None:
+    what = "Number of log entries in one write_run_logs call"
+    check_count(ctx.settings, "max_logs_per_request", what, len(logs))
+    for item in logs:
+        message = item.get("message")
+        size = len(message.encode("utf-8", "surrogatepass")) if isinstance(message, str) else 0
+        check_count(ctx.settings, "max_log_message_bytes", "Size of a log message in bytes", size)
+
+
 def resolve_write_run_logs(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
     """All-or-nothing: a log naming an unknown flow run rejects the batch."""
     ctx, logs = ctx_of(info), input["logs"]
+    _check_logs(ctx, logs)
     run_ids = {item["flow_run_id"] for item in logs}
     with ctx.write() as conn:
         tenants = dict(conn.execute(select(db.flow_run.c.id, db.flow_run.c.tenant_id).where(

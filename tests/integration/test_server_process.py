@@ -131,7 +131,7 @@ def test_cli_token_and_flow_run_on_a_running_server(token_server: ServerHandle) 
     assert (run["parameters"], run["labels"], run["state"]) == ({"a": 1}, ["l1", "l2"], "Scheduled")
     missing = token_server.cli("flow-run", "create", "--flow-id", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 1 and "not found" in missing.stderr
-    assert token_server.cli("token", "create", "--scope", "ADMIN", "--name", "x").returncode == 2
+    assert token_server.cli("token", "create", "--scope", "ROOT", "--name", "x").returncode == 2
 
 
 def test_cli_help_runs() -> None:

@@ -6,8 +6,9 @@ Every helper raises AssertionError (with the server's errors) when the API answe
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -194,3 +195,28 @@ def queue(server: GraphQLServer, tenant: str, labels: Sequence[str] = (), before
     data = call(server, "mutation($input: get_runs_in_queue_input!) { get_runs_in_queue(input: $input) "
                 "{ flow_run_ids } }", {"input": run_input}, token)
     return data["get_runs_in_queue"]["flow_run_ids"]  # type: ignore[no-any-return]
+
+
+def register_agent(server: GraphQLServer, token: str | None = None, name: str = "a") -> str:
+    """A DockerAgent of the token's tenant; returns its id."""
+    query = "mutation($input: register_agent_input!) { register_agent(input: $input) { id } }"
+    tenant = tenant_id(server, token)
+    variables = {"input": {"type": "DockerAgent", "name": name, "labels": [], "tenant_id": tenant}}
+    return call(server, query, variables, token)["register_agent"]["id"]  # type: ignore[no-any-return]
+
+
+HEARTBEAT = "mutation($id: UUID!) { update_flow_run_heartbeat(input: {flow_run_id: $id}) { success } }"
+SET_STATES = ("mutation($input: set_flow_run_states_input!) "
+              "{ set_flow_run_states(input: $input) { states { id status message } } }")
+
+
+def heartbeat_and_claim(write: Callable[[str, dict[str, Any]], None], heartbeat_run: str,
+                        claimable: list[str], stop: threading.Event) -> None:
+    """An agent's writes without pause until `stop`: a heartbeat of one run, then a claim (Submitted,
+    version 1) of the next queued run, each sent through `write(query, variables)`."""
+    while not stop.is_set():
+        write(HEARTBEAT, {"id": heartbeat_run})
+        if claimable:
+            item = {"flow_run_id": claimable.pop(), "version": 1,
+                    "state": {"type": "Submitted", "message": "claimed"}}
+            write(SET_STATES, {"input": {"states": [item]}})

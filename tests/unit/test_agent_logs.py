@@ -57,3 +57,9 @@ def test_masker_masks_any_bearer_value() -> None:
     mask = Masker([TOKEN, None, ""])
     assert mask(f"a {TOKEN} b") == "a *** b"
     assert mask("{'Authorization': 'Bearer other-secret'}") == "{'Authorization': 'Bearer ***'}"
+
+
+def test_masker_masks_url_passwords_it_was_never_told() -> None:
+    mask = Masker([TOKEN])
+    line = f"pull via http://proxy:hunter2@proxy:3128 for tcp://ci:{TOKEN}@docker:2376 at http://host:80"
+    assert mask(line) == "pull via http://proxy:***@proxy:3128 for tcp://ci:***@docker:2376 at http://host:80"

@@ -127,7 +127,7 @@ def test_unknown_keys_are_denied_and_ignored_keys_leave_a_notice() -> None:
     with pytest.raises(PolicyDenied, match=r"\['kernel_module'\] are not supported"):
         plan({"kernel_module": "x"})
     result = plan({"auto_remove": True, "privileged": False, "shm_size": "1g"})
-    assert "auto_remove" not in result.spec.host_config and result.spec.host_config["shm_size"] == "1g"
+    assert "auto_remove" not in result.spec.host_config and result.spec.host_config["shm_size"] == 1 << 30
     assert any("auto_remove ignored" in notice for notice in result.notices)
 
 
@@ -149,12 +149,16 @@ def test_limits_within_maxima_pass_and_above_are_clamped_with_a_notice() -> None
     assert plan({"mem_limit": "256m"}, settings).spec.host_config["mem_limit"] == 256 << 20
 
 
-def test_run_env_and_ports_are_allowed_and_fixed_variables_win() -> None:
+def test_run_env_and_loopback_ports_are_allowed_and_fixed_variables_win() -> None:
     spec = plan(
-        {"port_bindings": {8080: 18080}}, env={"A": "1", "PREFECT__CONTEXT__FLOW_RUN_ID": "x"}, ports=[9000]
+        {"port_bindings": {8080: ["127.0.0.1", 18080]}},
+        env={"A": "1", "PREFECT__CONTEXT__FLOW_RUN_ID": "x"},
+        ports=[9000],
     ).spec
     assert spec.environment["A"] == "1" and spec.environment["PREFECT__CONTEXT__FLOW_RUN_ID"] == "run-1"
-    assert spec.host_config["ports"] == {"9000": [], "8080": 18080}
+    assert spec.host_config["ports"] == {"9000/tcp": [], "8080/tcp": [("127.0.0.1", 18080)]}
+    with pytest.raises(PolicyDenied, match="--allowed-run-overrides published_ports"):
+        plan({"port_bindings": {8080: 18080}})  # no HostIp: every interface of the host
 
 
 # ------------------------------------------------------------------------------------------------ agent level

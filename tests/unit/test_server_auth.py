@@ -124,3 +124,90 @@ def test_queries_are_scoped_to_the_tokens_tenant(token_inproc: InProcessServer) 
     own_tenant = api.tenant_id(token_inproc, user)
     with pytest.raises(AssertionError, match="FORBIDDEN"):
         api.queue(token_inproc, own_tenant, [], token=outsider)
+
+
+def _other_tenant(server: InProcessServer, slug: str = "other") -> str:
+    from server.auth import create_tenant
+
+    return create_tenant(server.services.engine, slug, slug)
+
+
+def test_tenant_query_lists_only_the_callers_tenant(token_inproc: InProcessServer) -> None:
+    runner = token_inproc.create_token("RUNNER")
+    _other_tenant(token_inproc)
+    outsider = create_token(token_inproc.services.engine, "RUNNER", "outsider", tenant_slug="other")
+    mine = api.call(token_inproc, "query { tenant { id slug } }", token=runner)["tenant"]
+    theirs = api.call(token_inproc, "query { tenant { id slug } }", token=outsider)["tenant"]
+    assert [t["slug"] for t in mine] == ["default"] and [t["slug"] for t in theirs] == ["other"]
+    where = f'query {{ tenant(where: {{id: {{_eq: "{theirs[0]["id"]}"}}}}) {{ id }} }}'
+    assert api.call(token_inproc, where, token=runner)["tenant"] == []
+
+
+def test_tenant_query_without_auth_lists_the_default_tenant_only(inproc_server: InProcessServer) -> None:
+    _other_tenant(inproc_server)
+    assert [t["slug"] for t in api.call(inproc_server, "query { tenant { slug } }")["tenant"]] == ["default"]
+
+
+@pytest.mark.parametrize("scope", ["RUNNER", "USER"])
+def test_only_admin_creates_tenants(token_inproc: InProcessServer, scope: str) -> None:
+    create = 'mutation { create_tenant(input: {name: "x", slug: "x"}) { id } }'
+    body = token_inproc.graphql(create, token=token_inproc.create_token(scope))
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN" and "ADMIN" in body["errors"][0]["message"]
+    with db.read_tx(token_inproc.services.engine) as conn:
+        assert conn.execute(select(func.count()).select_from(db.tenant)).scalar_one() == 1
+    admin = token_inproc.create_token("ADMIN")
+    assert api.call(token_inproc, create, token=admin)["create_tenant"]["id"]
+
+
+def test_agent_id_header_of_another_tenant_is_ignored(token_inproc: InProcessServer) -> None:
+    from server.app import Caller
+    from server.auth import Identity
+
+    _other_tenant(token_inproc)
+    victim_agent = api.register_agent(token_inproc, token_inproc.create_token("RUNNER"))
+    outsider = create_token(token_inproc.services.engine, "RUNNER", "o", tenant_slug="other")
+    own_agent = api.register_agent(token_inproc, outsider)
+    service = token_inproc.service
+    default = api.tenant_id(token_inproc, token_inproc.create_token("RUNNER"))
+    other = api.tenant_id(token_inproc, outsider)
+    assert service.agent_id(victim_agent, other) is None
+    assert service.agent_id(own_agent, other) == own_agent
+    assert service.agent_id(victim_agent, default) == victim_agent
+    assert service.agent_id("not-a-uuid", default) is None
+    assert isinstance(Caller(Identity(other, "RUNNER")).trusted, bool)
+
+
+@pytest.mark.parametrize("header", ["Bearer las_\udcff\udcfe", "Bearer " + "x" * 10_000, "Bearer a\tb"])
+def test_undecodable_or_absurd_tokens_are_unauthenticated(token_inproc: InProcessServer, header: str) -> None:
+    body = token_inproc.graphql("query { flow_run { id } }", headers={"Authorization": header})
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+def test_a_cached_token_is_checked_without_leaving_the_event_loop(token_inproc: InProcessServer) -> None:
+    service, token = token_inproc.service, token_inproc.create_token("RUNNER")
+    headers = {"authorization": f"Bearer {token}"}
+    assert service.quick_caller(headers) is None  # not yet known: the caller goes to a worker thread
+    identity = service.caller(headers).identity
+    assert identity is not None and service.quick_caller(headers) == service.caller(headers)
+    assert service.quick_caller({"authorization": "Bearer las_wrong"}) is None
+
+
+@pytest.mark.parametrize("header", ["Bearer las_\udcff\udcfe", "Bearer café", "\udce2\udc82"])
+def test_a_non_ascii_authorization_header_is_malformed(token_inproc: InProcessServer, header: str) -> None:
+    assert token_inproc.service.quick_caller({"authorization": header}).problem == "malformed"  # type: ignore[union-attr]
+    body = token_inproc.graphql("query { flow_run { id } }", headers={"Authorization": header})
+    assert "not valid ASCII" in body["errors"][0]["message"]
+
+
+def test_tenant_names_follow_the_name_limit_and_slugs_stay_unique(tmp_path: Path) -> None:
+    server = InProcessServer(tmp_path, auth="token", max_name_chars=8)
+    try:
+        admin = server.create_token("ADMIN")
+        create = "mutation($n: String!, $s: String!) { create_tenant(input: {name: $n, slug: $s}) { id } }"
+        long_name = server.graphql(create, {"n": "x" * 9, "s": "ok"}, token=admin)
+        assert long_name["errors"][0]["extensions"]["code"] == "LIMIT_EXCEEDED"
+        assert api.call(server, create, {"n": "t", "s": "taken"}, token=admin)["create_tenant"]["id"]
+        again = server.graphql(create, {"n": "t", "s": "taken"}, token=admin)
+        assert again["errors"][0]["extensions"]["code"] == "UNIQUENESS_VIOLATION"
+    finally:
+        server.close()

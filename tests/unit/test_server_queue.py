@@ -86,11 +86,12 @@ def test_only_queue_states_qualify(inproc_server: InProcessServer, flow_id: str,
     assert set(api.queue(inproc_server, tenant, [], FUTURE)) == expected
 
 
-def test_scheduled_without_start_time_never_qualifies(
+def test_paused_without_start_time_never_qualifies(
     inproc_server: InProcessServer, flow_id: str, tenant: str
 ) -> None:
+    """Paused keeps a null start_time (Prefect's Paused() does); a Scheduled one would get now instead."""
     run_id = api.create_flow_run(inproc_server, flow_id, labels=[])
-    api.set_flow_run_state(inproc_server, run_id, {"type": "Scheduled", "message": "no start"})
+    api.set_flow_run_state(inproc_server, run_id, {"type": "Paused", "message": "no start"})
     assert api.queue(inproc_server, tenant, [], FUTURE) == []
 
 
