@@ -15,6 +15,7 @@ venv: $(BIN)/.installed
 
 lint: venv
 	$(BIN)/ruff check agent server tests benchmarks examples
+	$(BIN)/mypy
 
 unit: venv
 	$(BIN)/pytest tests/unit

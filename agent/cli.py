@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent import __version__
 from agent.settings import Settings, effective_config, env_name, load_settings
+from agent.version import __version__
 
 EXIT_CONFIG = 2
 EXIT_UNHEALTHY = 1  # `check`: the only failure code a Docker HEALTHCHECK command may use
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(masked_config(settings), indent=2, sort_keys=True))
         return 0
     if args.command == "check":
-        from agent.health import check
+        from agent.ops.health import check
 
         code, message = check(settings, ready=args.ready)
         print(f"local-agent check: {message}", file=sys.stdout if code == 0 else sys.stderr)
@@ -136,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def masked_config(settings: Settings) -> dict[str, Any]:
     """`effective_config` as `config` prints it: `ENV_VARS` with secret names as `***`, and every URL
     password or known secret (token, registry passwords) masked wherever it appears."""
-    from agent.logs import Masker, settings_secrets
-    from agent.redact import mask_data, mask_env
+    from agent.ops.logs import Masker
+    from agent.ops.redact import mask_data, mask_env
+    from agent.settings import settings_secrets
 
     mask = Masker(settings_secrets(settings))
     data = effective_config(settings)
@@ -153,7 +154,8 @@ def run_agent(settings: Settings) -> int:
 
     runtime = warm_docker(settings)  # connects in a thread while the agent's modules are imported
     from agent.agent import LocalAgent, StartupError
-    from agent.logs import configure_logging, settings_secrets
+    from agent.ops.logs import configure_logging
+    from agent.settings import settings_secrets
 
     configure_logging(settings.level, secrets=settings_secrets(settings))
     try:

@@ -14,10 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.cloud import ApiError, CloudClient
-from agent.container_options import DEFAULT, RUN, Decision, env_of
-from agent.docker_runtime import DockerError, DockerRuntime
-from agent.launcher import (
+from agent.api.cloud import ApiError, CloudClient
+from agent.api.models import FlowRun
+from agent.launch.plan import (
     Identity,
     LaunchError,
     build_env,
@@ -26,12 +25,13 @@ from agent.launcher import (
     pull_policy,
     resolve_image,
 )
-from agent.launcher import should_pull as policy_says_pull
-from agent.logs import Masker, settings_secrets
-from agent.models import FlowRun
-from agent.policy import Policy, PolicyDenied, human_bytes, normalize_image
-from agent.redact import mask_data, mask_env_value
-from agent.settings import Settings
+from agent.launch.plan import should_pull as policy_says_pull
+from agent.ops.logs import Masker
+from agent.ops.redact import mask_data, mask_env_value
+from agent.policy.options import DEFAULT, RUN, Decision, env_of
+from agent.policy.rules import Policy, PolicyDenied, human_bytes, normalize_image
+from agent.runtime.docker import DockerError, DockerRuntime
+from agent.settings import Settings, settings_secrets
 
 FIXED = "flow runner (fixed)"
 _MEMORY_FIELDS = frozenset({"mem_limit", "memswap_limit", "mem_reservation"})
@@ -71,10 +71,10 @@ async def fetch_run(settings: Settings, flow_run_id: str) -> tuple[FlowRun | Non
             tenant_id, _ = await cloud.auth_info()
         else:
             tenant_id = await cloud.first_tenant_id()
-        rows = (await cloud.execute("flow_run_by_id", {"id": flow_run_id})).get("flow_run") or []
+        run = await cloud.flow_run(flow_run_id)
     finally:
         await cloud.close()
-    return (FlowRun.model_validate(rows[0]) if rows else None), str(tenant_id or "")
+    return run, str(tenant_id or "")
 
 
 def explain_run(run: FlowRun, settings: Settings, identity: Identity,

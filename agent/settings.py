@@ -33,10 +33,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from agent.container_options import parse_gpus, parse_volume
-from agent.host_paths import default_host_root
-from agent.policy import parse_memory, validate_overrides
-from agent.registry_auth import parse_credentials
+from agent.ops.redact import env_secrets, url_passwords
+from agent.policy.host_config import parse_gpus, parse_volume
+from agent.policy.host_paths import default_host_root
+from agent.policy.rules import parse_memory, validate_overrides
+from agent.runtime.registry_auth import parse_credentials
 
 ENV_PREFIX = "PREFECT__CLOUD__AGENT__"
 API_ENV = "PREFECT__CLOUD__API"
@@ -118,7 +119,7 @@ class Settings(BaseSettings):
     docker_timeout: PositiveFloat = 60.0
     flow_api_url: str | None = None
     network: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Flow containers (issue 6, docs/run-options.md): agent-level options and the policy over run configs.
+    # Flow containers (docs/run-options.md): agent-level options and the policy over run configs.
     pull_policy: Literal["default", "always", "if-not-present", "never"] = "default"
     volumes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host_gateway: bool = True
@@ -149,7 +150,7 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0)
     pull_progress_interval: PositiveFloat = 5.0
     secrets_dir: Path = DEFAULT_SECRETS_DIR
-    # Operations (issue 5): health server, watching, cancellation, heartbeats, cleanup.
+    # Operations (docs/operations.md): health server, watching, cancellation, heartbeats, cleanup.
     health_address: str = Field("", pattern=r"^$|^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$")
     docker_outage_exit_s: float = Field(300.0, ge=0)
     show_flow_logs: bool = False
@@ -358,3 +359,25 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     data["secrets_dir"] = str(settings.secrets_dir)
     data["backend"] = settings.backend
     return data
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    """Every secret in `settings`: the API token, each registry's password or password file content, the
+    values of `ENV_VARS` with secret names (a Docker error may echo them) and the passwords in its URLs."""
+    found = [settings.token or "", *env_secrets(settings.env_vars)]
+    for url in (settings.api, settings.flow_api_url, settings.base_url):
+        found += url_passwords(url or "")
+    raw = settings.registry_credentials.get_secret_value() if settings.registry_credentials else ""
+    try:
+        credentials = parse_credentials(raw) if raw else {}
+    except ValueError:  # settings validated it already; nothing to add from a value that does not parse
+        credentials = {}
+    for credential in credentials.values():
+        if credential.password is not None:
+            found.append(credential.password)
+        elif credential.password_file:
+            try:
+                found.append(Path(credential.password_file).read_text().strip())
+            except OSError:  # unreadable now: the pull reports it, and registers it once it reads it
+                pass
+    return [s for s in found if s]

@@ -1,4 +1,4 @@
-"""Start-up steps that do not depend on each other run side by side (issue 7: launch -> first poll).
+"""Start-up steps that do not depend on each other run side by side (launch -> first poll).
 
 The agent used to ping Docker, then ask the backend for its tenant, register, say hello and read the
 capabilities, one round trip after the other. Only registration needs the tenant; Docker and the backend
@@ -20,10 +20,11 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from agent.docker_runtime import DockerRuntime
+    from agent.runtime.docker import DockerRuntime
     from agent.settings import Settings
 
 T = TypeVar("T")
+C = TypeVar("C")
 CHECK_GRACE_S = 2.0
 
 
@@ -35,8 +36,8 @@ async def _cancel(*tasks: asyncio.Future[Any]) -> None:
             await task
 
 
-async def alongside(check: Awaitable[None], work: Awaitable[T]) -> T:
-    """`work`'s result once both are done; the first failure cancels the other and is raised (`check` first).
+async def alongside(check: Awaitable[C], work: Awaitable[T]) -> tuple[C, T]:
+    """Both results once both are done; the first failure cancels the other and is raised (`check` first).
 
     Cancelling this coroutine (a stop signal during start-up) cancels both.
     """
@@ -50,14 +51,13 @@ async def alongside(check: Awaitable[None], work: Awaitable[T]) -> T:
         await _cancel(working)
         checking.result()  # raises
     if working.done() and working.exception() is not None:
-        # The check is a Docker call in a thread: cancelling our await would leave the thread busy and the
+        # The check is an engine call in a thread: cancelling our await would leave the thread busy and the
         # process exiting as "stuck"; it answers quickly, so let it finish before reporting `work`'s error.
         with contextlib.suppress(Exception, TimeoutError):
             await asyncio.wait_for(asyncio.shield(checking), CHECK_GRACE_S)
-        return working.result()  # raises
+        working.result()  # raises
     try:
-        await checking
-        return await working
+        return await checking, await working
     except asyncio.CancelledError:
         await _cancel(checking, working)
         raise
@@ -65,7 +65,7 @@ async def alongside(check: Awaitable[None], work: Awaitable[T]) -> T:
 
 def warm_docker(settings: Settings) -> DockerRuntime:
     """The agent's Docker runtime, its first connection opened in a daemon thread (see module docstring)."""
-    from agent.docker_runtime import DockerRuntime  # docker-py is already imported with the settings
+    from agent.runtime.docker import DockerRuntime  # docker-py is already imported with the settings
 
     runtime = DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from agent.claims import CAPABILITY, ClaimBatcher
-from agent.cloud import CloudClient, StateUpdateFailed
-from agent.models import submitted_state
-from agent.run_logs import RunLogBuffer
+from agent.api.cloud import CloudClient, StateUpdateFailed
+from agent.api.models import submitted_state
+from agent.launch.claims import CAPABILITY, ClaimBatcher
+from agent.launch.run_logs import RunLogBuffer
 from tests.support import api
 from tests.support.server_fixtures import ServerHandle
 

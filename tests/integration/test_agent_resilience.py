@@ -68,7 +68,7 @@ def test_shutdown_drains_then_abandons_a_stuck_launch(
         if second_signal:
             agent.proc.send_signal(signal.SIGTERM)
             assert agent.wait(5) == 1
-            assert "second SIGTERM: exiting now" in agent.output()
+            assert "second SIGTERM: abandoning 1 launch(es) in flight" in agent.output()
         else:
             assert agent.wait(10) == 0
             assert "drain timeout: abandoned 1 launch(es) in flight" in agent.output()

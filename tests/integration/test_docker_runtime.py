@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from agent.docker_runtime import (
+from agent.runtime.docker import (
     ContainerCreateError,
     ContainerInfo,
     ContainerNotFound,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from agent.docker_runtime import DockerRuntime, ImagePullError, split_image
+from agent.runtime.docker import DockerRuntime, ImagePullError, split_image
 from tests.support.docker_fixtures import RUN_ID, LocalRegistry, test_labels
 
 

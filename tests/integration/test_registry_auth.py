@@ -2,7 +2,7 @@
 
 The agent's `REGISTRY_CREDENTIALS` (here with a `password_file`) must reach the daemon's pull, the password
 must never reach a log line, a refused login must fail the run with the registry's own message, and a
-rotated password file must apply to the next pull without restarting the agent (agent.registry_auth).
+rotated password file must apply to the next pull without restarting the agent (agent.runtime.registry_auth).
 """
 
 from __future__ import annotations

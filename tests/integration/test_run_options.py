@@ -19,8 +19,8 @@ import docker
 import docker.errors
 import pytest
 
-from agent.launcher import Identity, plan_container
-from agent.models import FlowRun
+from agent.api.models import FlowRun
+from agent.launch.plan import Identity, plan_container
 from agent.settings import Settings
 from tests.support import api
 from tests.support.agent_fixtures import REPO_ROOT, AgentProcess, agent_env

@@ -21,10 +21,10 @@ import docker
 import docker.errors
 import pytest
 
-from agent.docker_runtime import ContainerSpec, DockerError, DockerRuntime
-from agent.launcher import Identity, plan_container
-from agent.models import FlowRun
-from agent.policy import PolicyDenied
+from agent.api.models import FlowRun
+from agent.launch.plan import Identity, plan_container
+from agent.policy.rules import PolicyDenied
+from agent.runtime.docker import ContainerSpec, DockerError, DockerRuntime
 from agent.settings import Settings
 from tests.security.judge import Daemon, JudgePolicy, Violation, judge
 from tests.security.strategies import VOLUME_PREFIX

@@ -18,7 +18,7 @@ import pytest
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 from hypothesis import HealthCheck, given, seed, settings
 
-from agent.docker_runtime import DockerRuntime
+from agent.runtime.docker import DockerRuntime
 from agent.settings import Settings
 from tests.security.bench import Bench, Escape, Outcome, PolicyCase, clean_prefect_env
 from tests.security.cases import BENIGN, DATA, HOSTILE, VOLUME

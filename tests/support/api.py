@@ -131,7 +131,7 @@ def has_log(server: GraphQLServer, run_id: str, text: str, token: str | None = N
 
 def wait_for_log(server: GraphQLServer, run_id: str, text: str, timeout: float = 20,
                  token: str | None = None) -> list[dict[str, Any]]:
-    """The run's logs once one contains `text`: the agent batches its run logs (agent.run_logs), so a
+    """The run's logs once one contains `text`: the agent batches its run logs (agent.launch.run_logs), so a
     line it wrote can reach the API a second after the state that followed it."""
     deadline = time.monotonic() + timeout
     while True:

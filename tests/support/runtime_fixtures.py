@@ -23,7 +23,7 @@ import docker
 import docker.errors
 import pytest
 
-from agent.docker_runtime import DockerRuntime, DockerUnavailable
+from agent.runtime.docker import DockerRuntime, DockerUnavailable
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable, test_labels
 from tests.support.images import REPO_ROOT, file_lock
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.backoff import FailureBackoff, IdleBackoff
+from agent.ops.backoff import FailureBackoff, IdleBackoff
 
 
 def test_idle_backoff_sequence_caps_at_10_and_resets() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.launcher import (
+from agent.api.models import FlowRun
+from agent.launch.plan import (
     Identity,
     LaunchError,
     PullPolicy,
@@ -17,7 +18,6 @@ from agent.launcher import (
     resolve_image,
     should_pull,
 )
-from agent.models import FlowRun
 from agent.settings import Settings
 
 DOCKER_STORAGE = {

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from loguru import logger
 
-from agent.logs import Masker, configure_logging
+from agent.ops.logs import Masker, configure_logging
 
 TOKEN = "tok-5f3a9c1e-very-secret"
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - agent - (DEBUG|INFO|WARNING|ERROR) - .+$")

@@ -16,13 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 CONTRACT_SDL = REPO.parent / "shared" / "design" / "cloud-api.graphql"
 SERVER_SDL = REPO / "server" / "schema.graphql"
 EXTENSION_DOCUMENTS = {"capabilities.graphql"}
-DOCUMENTS = sorted(p.name for p in files("agent.operations").iterdir() if p.name.endswith(".graphql"))
+DOCUMENTS = sorted(p.name for p in files("agent.api.operations").iterdir() if p.name.endswith(".graphql"))
 
 
 def errors_against(sdl: Path, name: str) -> list[str]:
     if not sdl.exists():
         pytest.skip(f"{sdl} not present")
-    document = parse(files("agent.operations").joinpath(name).read_text())
+    document = parse(files("agent.api.operations").joinpath(name).read_text())
     return [e.message for e in validate(build_schema(sdl.read_text()), document)]
 
 
@@ -62,7 +62,7 @@ def variable_errors(sdl: Path, name: str, variables: dict) -> list[str]:
     from graphql import OperationDefinitionNode
     from graphql.execution.values import get_variable_values
 
-    document = parse(files("agent.operations").joinpath(name).read_text())
+    document = parse(files("agent.api.operations").joinpath(name).read_text())
     operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
     result = get_variable_values(build_schema(sdl.read_text()), operation.variable_definitions, variables)
     return [e.message for e in result] if isinstance(result, list) else []
@@ -77,7 +77,7 @@ TIMESTAMPED_LOGS = {"input": {"logs": [
 
 
 def test_batched_claims_are_our_extension() -> None:
-    """agent.claims sends `partial: true` only to a backend advertising "partial_states" (our server)."""
+    """The claims send `partial: true` only to a backend advertising "partial_states" (our server)."""
     assert variable_errors(SERVER_SDL, "set_flow_run_states.graphql", BATCH_CLAIM) == []
     if CONTRACT_SDL.exists():
         assert variable_errors(CONTRACT_SDL, "set_flow_run_states.graphql", BATCH_CLAIM) != []

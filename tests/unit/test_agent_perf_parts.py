@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent import memory, startup
-from agent.claims import ClaimBatcher, LaunchGate, outcome_error
-from agent.cloud import ApiError, StateUpdateFailed
-from agent.prelaunch import DockerProbe, ImagePresence
-from agent.transport import GraphQLHttp, HttpStatusError, ProtocolError
+from agent import startup
+from agent.api.cloud import ApiError, StateUpdateFailed
+from agent.api.transport import GraphQLHttp, HttpStatusError, ProtocolError
+from agent.launch.claims import ClaimBatcher, LaunchGate, outcome_error
+from agent.launch.prelaunch import DockerProbe, ImagePresence
+from agent.ops import memory
 
 
 class FakeCloud:
@@ -21,13 +22,11 @@ class FakeCloud:
         self.batches: list[list[str]] = []
         self.statuses = statuses or {}
 
-    async def execute(self, name: str, variables: dict[str, Any]) -> dict[str, Any]:
-        entries = variables["input"]["states"]
-        assert variables["input"]["partial"] is True
+    async def set_flow_run_states_partial(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.batches.append([e["flow_run_id"] for e in entries])
-        return {"set_flow_run_states": {"states": [
-            {"id": e["flow_run_id"], "status": self.statuses.get(e["flow_run_id"], "SUCCESS"), "message": "m"}
-            for e in entries]}}
+        status = self.statuses.get
+        return [{"id": e["flow_run_id"], "status": status(e["flow_run_id"], "SUCCESS"), "message": "m"}
+                for e in entries]
 
 
 def test_outcomes_map_to_the_errors_the_pipeline_knows() -> None:
@@ -89,21 +88,18 @@ class FakeRuntime:
         self.pings = 0
         self.present = True
 
-    def ping(self) -> None:
+    async def ping(self) -> None:
+        await asyncio.sleep(0.01)
         self.pings += 1
 
-    def image_present(self, image: str) -> bool:
+    async def image_present(self, image: str) -> bool:
+        await asyncio.sleep(0.01)
         return self.present
-
-
-async def call(fn: Any, *args: Any) -> Any:
-    await asyncio.sleep(0.01)
-    return fn(*args)
 
 
 async def test_one_ping_answers_for_a_burst_and_absence_is_never_cached() -> None:
     runtime = FakeRuntime()
-    probe, images = DockerProbe(runtime, call, ttl=60), ImagePresence(runtime, call, ttl=60)
+    probe, images = DockerProbe(runtime, ttl=60), ImagePresence(runtime, ttl=60)  # type: ignore[arg-type]
     await asyncio.gather(*(probe.ping() for _ in range(10)))
     assert runtime.pings == 1
     assert all(await asyncio.gather(*(images.present("img") for _ in range(10))))
@@ -127,7 +123,7 @@ async def test_a_failed_docker_check_wins_over_the_backend_work() -> None:
 
     with pytest.raises(RuntimeError, match="docker down"):
         await asyncio.wait_for(startup.alongside(docker_down(), backend()), 1)
-    assert await startup.alongside(docker_up(), asyncio.sleep(0.02, "connected")) == "connected"
+    assert await startup.alongside(docker_up(), asyncio.sleep(0.02, "connected")) == (None, "connected")
 
 
 def test_malloc_trim_runs_at_most_once_a_minute() -> None:
@@ -181,7 +177,7 @@ def aiohttp_free_port() -> int:
 
 
 async def test_claims_waiting_when_the_agent_stops_are_withdrawn_not_sent() -> None:
-    from agent.claims import ClaimWithdrawn
+    from agent.launch.claims import ClaimWithdrawn
 
     cloud, stop = FakeCloud(), asyncio.Event()
     batcher = ClaimBatcher(cloud, partial=True, hold=lambda: True, stop=stop)  # type: ignore[arg-type]

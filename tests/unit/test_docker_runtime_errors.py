@@ -15,8 +15,7 @@ import pytest
 import requests
 import urllib3.exceptions
 
-from agent.docker_runtime import (
-    DEFAULT_ADDRESS,
+from agent.runtime.docker import (
     ContainerInfo,
     ContainerSpec,
     DockerError,
@@ -26,7 +25,8 @@ from agent.docker_runtime import (
     ImagePullError,
     container_name_for,
 )
-from agent.docker_types import is_unreachable, reason
+from agent.runtime.docker_clients import DEFAULT_ADDRESS
+from agent.runtime.docker_types import is_unreachable, reason
 
 RUN_ID = "0c5b6e9d-5f1e-4c8e-9a43-2b7f1d3c4e5a"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.images import (
+from agent.runtime.images import (
     DEADLINE,
     PullProgress,
     SingleFlight,

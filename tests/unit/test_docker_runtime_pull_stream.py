@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.docker_runtime import DockerRuntime, ImagePullError
+from agent.runtime.docker import DockerRuntime, ImagePullError
 
 EVENT = {"status": "Downloading", "progressDetail": {"current": 1, "total": 10}, "id": "abc"}
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.cleanup import GONE, keep_notice, removal_reason
-from agent.docker_types import ContainerInfo
+from agent.runtime.docker_types import ContainerInfo
+from agent.supervise.cleanup import GONE, keep_notice, removal_reason, succeeded
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
@@ -48,3 +49,14 @@ def test_keep_notice_tells_how_to_read_the_evidence() -> None:
     assert keep_notice("prefect-x", 24) == ("The container is kept for 24 h on the agent's Docker host for "
                                             "debugging: docker logs prefect-x")
     assert "removed at the next cleanup" in keep_notice("prefect-x", 0)
+
+
+def test_a_cancelled_runs_container_is_kept_like_a_failed_ones_even_after_exit_0() -> None:
+    now = time.time()
+    finished = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime(now - 600))
+    container = ContainerInfo(id="c" * 64, name="prefect-x", status="exited", labels={}, exit_code=0,
+                              oom_killed=False, created="", finished_at=finished)
+    assert not succeeded(container, "Cancelled")
+    assert removal_reason(container, "Cancelled", keep_hours=24, min_age_s=60) is None
+    assert removal_reason(container, "Cancelled", keep_hours=0.1, min_age_s=60) == "expired"
+    assert removal_reason(container, "Success", keep_hours=24, min_age_s=60) == "succeeded"

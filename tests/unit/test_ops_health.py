@@ -9,9 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cli import main
-from agent.docker_types import DockerUnavailable
-from agent.health import HealthServer, HealthState, check, parse_address
-from agent.metrics import AgentMetrics
+from agent.ops.health import HealthServer, HealthState, check, parse_address
+from agent.ops.metrics import AgentMetrics
+from agent.runtime.docker_types import DockerUnavailable
 from agent.settings import Settings
 
 
@@ -38,10 +38,10 @@ def test_readiness_needs_running_docker_and_a_recent_poll() -> None:
     assert state.readiness()[0] is False and state.liveness()[0] is True  # starting: alive, not ready
     state.running()
     assert state.readiness()[0] is True
-    state.docker_down(DockerUnavailable("unix:///x.sock", "No such file"))
+    state.docker.went_down(DockerUnavailable("unix:///x.sock", "No such file"))
     ok, body = state.readiness()
     assert not ok and "Docker daemon unreachable" in body["reasons"][0] and body["docker"] == "unreachable"
-    state.docker_up()
+    state.docker.came_back()
     state.last_poll_ok = time.monotonic() - 61
     state.poll_failed(RuntimeError("HTTP 502"))
     ok, body = state.readiness()
@@ -95,3 +95,15 @@ def test_check_without_a_usable_address() -> None:
     assert code == 1 and "disabled" in message and "HEALTH_ADDRESS" in message
     assert check(Settings(health_address=":0"))[0] == 1
     assert main(["check"]) == 1
+
+
+def test_check_never_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--health-address", "8080"]) == 1  # invalid configuration
+    assert "invalid configuration" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--no-such-flag"])
+    assert exc.value.code == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "--no-such-flag"])
+    assert exc.value.code == 2  # other subcommands keep argparse's usage error code
+    assert main(["config", "--health-address", "8080"]) == 2

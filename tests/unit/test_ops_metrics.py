@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from agent.cloud import ApiError, AuthenticationError, StateUpdateFailed, TransientApiError
-from agent.docker_types import (
+from agent.api.cloud import ApiError, AuthenticationError, StateUpdateFailed, TransientApiError
+from agent.launch.heartbeats import run_heartbeats
+from agent.launch.plan import LaunchError
+from agent.ops.metrics import METRICS, AgentMetrics, failure_reason
+from agent.runtime.docker_types import (
     ContainerCreateError,
     DockerError,
     DockerUnavailable,
     ImageNotFound,
     ImagePullError,
 )
-from agent.heartbeats import run_heartbeats
-from agent.launcher import LaunchError
-from agent.metrics import METRICS, AgentMetrics, failure_reason
 
 
 @pytest.mark.parametrize(("exc", "reason"), [
@@ -61,11 +61,10 @@ class RecordingCloud:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail = fail
 
-    async def execute(self, name: str, variables: dict[str, Any], **_: Any) -> dict[str, Any]:
-        self.calls.append((name, variables))
+    async def heartbeat(self, flow_run_id: str) -> None:
+        self.calls.append(("heartbeat", {"flow_run_id": flow_run_id}))
         if self.fail:
             raise TransientApiError("down")
-        return {"update_flow_run_heartbeat": {"success": True}}
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["ok", "api-down"])
@@ -77,5 +76,5 @@ async def test_heartbeats_while_the_body_runs_and_not_after(fail: bool) -> None:
     sent = len(cloud.calls)
     await asyncio.sleep(0.15)
     assert 4 <= sent <= 6 and len(cloud.calls) == sent  # stopped with the body; failures did not end it
-    assert cloud.calls[0] == ("update_flow_run_heartbeat", {"input": {"flow_run_id": "run-1"}})
+    assert cloud.calls[0] == ("heartbeat", {"flow_run_id": "run-1"})
     assert METRICS.value("local_agent_run_heartbeats_total") - before == (0 if fail else sent)

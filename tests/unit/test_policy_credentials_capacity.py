@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agent.capacity import Capacity
-from agent.docker_types import ImagePullError
+from agent.api.models import FlowRun
 from agent.explain import explain_run, render
-from agent.launcher import Identity
-from agent.models import FlowRun
-from agent.registry_auth import credentials_for, is_auth_error, parse_credentials, registry_of
+from agent.launch.capacity import Capacity
+from agent.launch.plan import Identity
+from agent.runtime.docker_types import ImagePullError
+from agent.runtime.registry_auth import credentials_for, is_auth_error, parse_credentials, registry_of
 from agent.settings import Settings
 
 SECRET = "pa55-w0rd-xyz"

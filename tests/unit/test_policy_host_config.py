@@ -12,12 +12,12 @@ from typing import Any
 import docker.types
 import pytest
 
-from agent.container_options import _HANDLERS, IGNORED_KEYS, NAMESPACE_KEYS, OVERRIDE_KEYS, PLAIN_KEYS
-from agent.host_config import KNOWN_KEYS, case_collisions, parse_host_config
-from agent.host_paths import HostPathError, clean, resolve
-from agent.launcher import Identity, plan_container
-from agent.models import FlowRun
-from agent.policy import OVERRIDES, Policy, PolicyDenied
+from agent.api.models import FlowRun
+from agent.launch.plan import Identity, plan_container
+from agent.policy.container_options import _HANDLERS, IGNORED_KEYS, NAMESPACE_KEYS, OVERRIDE_KEYS, PLAIN_KEYS
+from agent.policy.host_config import KNOWN_KEYS, case_collisions, parse_host_config
+from agent.policy.host_paths import HostPathError, clean, resolve
+from agent.policy.rules import OVERRIDES, Policy, PolicyDenied
 from agent.settings import Settings
 
 IDENTITY = Identity("agent-x", [], "tenant-1", "http://host.docker.internal:4200", [])
@@ -545,7 +545,7 @@ def test_the_agent_settings_go_through_the_same_typed_binds() -> None:
 def test_host_root_defaults_to_what_the_agent_can_see(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from agent import host_paths
+    from agent.policy import host_paths
 
     monkeypatch.setattr(host_paths, "CONTAINER_MARKERS", (tmp_path / ".dockerenv",))
     assert Settings().host_root == "/"

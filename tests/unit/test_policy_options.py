@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.container_options import agent_options, apply_run_config, parse_gpus, parse_volume
-from agent.launcher import Identity, plan_container, pull_policy
-from agent.models import FlowRun
-from agent.policy import Policy, PolicyDenied, image_matches, normalize_image
+from agent.api.models import FlowRun
+from agent.launch.plan import Identity, plan_container, pull_policy
+from agent.policy.agent_options import agent_options
+from agent.policy.container_options import apply_run_config
+from agent.policy.host_config import parse_gpus, parse_volume
+from agent.policy.rules import Policy, PolicyDenied, image_matches, normalize_image
 from agent.settings import Settings
 
 IDENTITY = Identity("agent-x", [], "tenant-1", "http://host.docker.internal:4200", [])

@@ -1,8 +1,8 @@
 """Secrets never reach a log line, `local-agent config`, `local-agent explain` or the DEBUG container spec.
 
-Two rules (`agent.redact`): env vars with secret-looking names show `***`, and every URL shows its password
-as `***`. Hypothesis generates the secrets (any printable text of 4+ characters, `@ : * ( [ \\` included)
-and the names; each test asserts the raw secret appears nowhere in what a person would see.
+Two rules (`agent.ops.redact`): env vars with secret-looking names show `***`, and every URL shows its
+password as `***`. Hypothesis generates the secrets (any printable text of 4+ characters, `@ : * ( [ \\`
+included) and the names; each test asserts the raw secret appears nowhere in what a person would see.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,23 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
+from agent.api.models import FlowRun
 from agent.cli import main
 from agent.explain import explain_run, render
-from agent.launcher import Identity, describe, plan_container
-from agent.logs import SECRETS, configure_logging, settings_secrets
-from agent.models import FlowRun
-from agent.redact import MASK, MIN_REGISTERED, env_secrets, is_secret_name, mask_env, mask_urls, url_passwords
-from agent.settings import Settings
+from agent.launch.plan import Identity, describe, plan_container
+from agent.ops.logs import SECRETS, configure_logging
+from agent.ops.redact import (
+    MASK,
+    MIN_REGISTERED,
+    env_secrets,
+    is_secret_name,
+    mask_env,
+    mask_urls,
+    url_passwords,
+)
+from agent.runtime.registry_auth import credentials_for
+from agent.settings import Settings, settings_secrets
+from agent.supervise.flow_logs import FlowLogStreamer
 from tests.support import api
 from tests.support.server_fixtures import REPO_ROOT, ServerHandle
 
@@ -314,3 +325,65 @@ def test_explain_as_a_process_masks_run_config_env_and_urls(server: ServerHandle
     assert fields["env AGENT_PASSWORD"] == MASK
     assert fields["env DATABASE_URL"] == "postgres://app:***@db:5432/app"
     assert fields["env PREFECT__CLOUD__API"].startswith("http://agent:***@")
+
+
+# ---------------------------------------------------------------- registry passwords: one registry of secrets
+REGISTRY_TOKEN = "tok-registry-0123456789"
+REGISTRY_PASSWORD = "registry-pass-4f2a"
+ROTATED = "rotated-pass-77e1"
+
+
+@pytest.fixture
+def registry_settings(tmp_path: Path) -> Settings:
+    secret_file = tmp_path / "ghcr"
+    secret_file.write_text(REGISTRY_PASSWORD + "-file\n")
+    credentials = {"reg.example.com": {"username": "ci", "password": REGISTRY_PASSWORD},
+                   "ghcr.io": {"username": "me", "password_file": str(secret_file)}}
+    return Settings(api_token=REGISTRY_TOKEN, registry_credentials=json.dumps(credentials))
+
+
+class FakeLogs:
+    """`follow_logs` of a runtime whose container printed `chunks`."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def follow_logs(self, container_id: str, since: float | None = None) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_settings_secrets_are_the_token_and_every_registry_password(registry_settings: Settings) -> None:
+    assert sorted(settings_secrets(registry_settings)) == sorted(
+        [REGISTRY_TOKEN, REGISTRY_PASSWORD, REGISTRY_PASSWORD + "-file"])
+
+
+def test_registry_passwords_are_masked_in_the_agents_log(registry_settings: Settings) -> None:
+    with captured_log(settings_secrets(registry_settings)) as log_stream:
+        logger.info(f"auth {REGISTRY_PASSWORD} and {REGISTRY_PASSWORD}-file and {REGISTRY_TOKEN}")
+        logging.getLogger("docker.auth").warning("sending %s", REGISTRY_PASSWORD)
+        text = log_stream.getvalue()
+    assert REGISTRY_PASSWORD not in text and REGISTRY_TOKEN not in text, text
+    assert "auth *** and *** and ***" in text
+
+
+def test_a_rotated_password_file_is_masked_once_a_pull_reads_it(registry_settings: Settings) -> None:
+    with captured_log(settings_secrets(registry_settings)) as log_stream:
+        secret_file = Path(json.loads(registry_settings.registry_credentials.get_secret_value())  # type: ignore[union-attr]
+                           ["ghcr.io"]["password_file"])
+        secret_file.write_text(ROTATED)
+        raw = registry_settings.registry_credentials.get_secret_value()  # type: ignore[union-attr]
+        assert credentials_for("ghcr.io/me/flow:1", raw).auth_config["password"] == ROTATED  # type: ignore[index]
+        logger.warning(f"pull refused for {ROTATED}")
+        out = io.StringIO()
+        streamer = FlowLogStreamer(FakeLogs([f"env PW={ROTATED}\n".encode()]), [], stream=out)
+        streamer.follow("c1", "run")
+        wait_for(lambda: "PW=" in out.getvalue())
+        streamer.stop()
+        assert ROTATED not in log_stream.getvalue() + out.getvalue()
+        assert "pull refused for ***" in log_stream.getvalue() and out.getvalue() == "run | env PW=***\n"

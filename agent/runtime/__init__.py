@@ -1,0 +1,1 @@
+"""Container engines behind one port: the Docker engine (docker-py) and its vocabulary."""

@@ -1,0 +1,81 @@
+"""Where the Docker daemon is, and one docker-py client per thread to reach it.
+
+docker-py's thread safety is undocumented (docker/docker-py#3229: requests sessions are shared), so each
+thread gets its own client, created on first use and kept (the engine's threads are long-lived). The API
+version is negotiated once and reused for later clients.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import docker
+import docker.utils
+from loguru import logger
+
+DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
+
+
+def client_params(base_url: str | None) -> dict[str, Any]:
+    """Where to connect, resolved like `docker.from_env` (DOCKER_HOST + TLS variables, then CLI context)."""
+    if base_url:
+        return {"base_url": base_url}
+    params: dict[str, Any] = dict(docker.utils.kwargs_from_env())
+    from_context = getattr(docker.ContextAPI, "kwargs_from_context", None)  # docker-py >= 7.2
+    if "base_url" not in params and from_context is not None:
+        try:
+            for key, value in from_context().items():
+                params.setdefault(key, value)
+        except Exception as exc:  # a broken ~/.docker/config.json must not hide the default socket
+            logger.debug("ignoring docker CLI context: {error}", error=exc)
+    return params
+
+
+def display_address(base_url: str | None) -> str:
+    if not base_url:
+        return DEFAULT_ADDRESS
+    return base_url.replace("http+unix://", "unix://", 1)
+
+
+def label_filters(labels: Mapping[str, str | None]) -> list[str]:
+    """Docker's `label` filter: `key` (any value) or `key=value`."""
+    return [key if value is None else f"{key}={value}" for key, value in labels.items()]
+
+
+class ClientPool:
+    """One `docker.DockerClient` per thread for one daemon address."""
+
+    def __init__(self, base_url: str | None, timeout: float) -> None:
+        self.timeout = timeout
+        self.params = client_params(base_url)
+        self.address = display_address(self.params.get("base_url"))
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[docker.DockerClient] = []
+        self._api_version: str | None = None
+
+    def get(self) -> docker.DockerClient:
+        """This thread's client (connecting raises what docker-py raises; the caller maps it)."""
+        client: docker.DockerClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = docker.DockerClient(timeout=math.ceil(self.timeout), version=self._api_version,
+                                         **self.params)
+            self._api_version = client.api.api_version
+            with self._lock:
+                self._clients.append(client)
+            self._local.client = client
+        return client
+
+    def close(self) -> None:
+        """Close every per-thread client; they are created again on next use."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        self._local = threading.local()
+        for client in clients:
+            try:
+                client.close()
+            except Exception as exc:
+                logger.debug("closing a docker client failed: {error}", error=exc)

@@ -1,0 +1,120 @@
+"""`DockerEngine`: the runtime port over Docker, each blocking docker-py call in the engine's own threads.
+
+docker-py is synchronous (`agent.runtime.docker.DockerRuntime` is the typed, timed boundary to it). The
+engine runs its calls in a bounded pool, counts the calls still in a thread (a blocked docker call cannot be
+cancelled from asyncio, so the process must be able to exit past it), and counts failures for `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+from loguru import logger
+
+from agent.ops.metrics import METRICS
+from agent.runtime.docker import DockerRuntime
+from agent.runtime.docker_types import ContainerInfo, ContainerSpec, DockerError, LaunchResult
+from agent.runtime.port import Labels, Stream
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class DockerEngine:
+    """`ContainerRuntime` for one Docker daemon; `threads` bounds the docker calls in flight."""
+
+    def __init__(self, docker: DockerRuntime, threads: int) -> None:
+        self.docker = docker
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="docker")
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return self.docker.address
+
+    @property
+    def busy_threads(self) -> int:
+        """Docker calls still running in a thread (abandoned, not waited for, at exit)."""
+        return self._busy
+
+    async def _run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._lock:
+            self._busy += 1
+        future = self._pool.submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)  # counts the thread, not our (cancellable) await
+        return await asyncio.wrap_future(future)
+
+    def _done(self, future: Future[Any]) -> None:
+        METRICS.docker_call_done(future)
+        with self._lock:
+            self._busy -= 1
+
+    # -- the port
+    async def ping(self) -> None:
+        await self._run(self.docker.ping)
+
+    async def host_id(self) -> str:
+        """The daemon's `docker info` ID: stable across restarts and the same through any socket or proxy to
+        that daemon, which is what matters (containers live there). The hostname is the fallback."""
+        try:
+            found = (await self._run(self.docker.info)).get("ID")
+        except DockerError as exc:
+            logger.debug("docker info failed, the hostname identifies this host: {error}", error=exc)
+            found = None
+        return str(found) if found else f"host:{socket.gethostname()}"
+
+    async def image_present(self, image: str) -> bool:
+        return await self._run(self.docker.image_present, image)
+
+    async def image_digest(self, image: str) -> str | None:
+        return await self._run(self.docker.image_digest, image)
+
+    async def pull(self, image: str, *, on_progress: Callable[[str], None] | None = None,
+                   auth_config: dict[str, Any] | None = None, progress_interval: float = 5.0) -> str:
+        return await self._run(self.docker.pull, image, on_progress=on_progress, auth_config=auth_config,
+                               progress_interval=progress_interval)
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        return await self._run(self.docker.ensure_volume, name, labels)
+
+    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False) -> LaunchResult:
+        return await self._run(self.docker.launch, spec, replace_exited=replace_exited)
+
+    async def find(self, labels: Labels, *, all: bool = True, inspect: bool = True) -> list[ContainerInfo]:
+        return await self._run(self.docker.find, labels, all=all, inspect=inspect)
+
+    async def count(self, labels: Labels) -> int:
+        return await self._run(self.docker.count, labels)
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        return await self._run(self.docker.inspect, container_id)
+
+    async def logs_tail(self, container_id: str, lines: int = 50) -> str:
+        return await self._run(self.docker.logs_tail, container_id, lines)
+
+    async def stop(self, container_id: str, timeout: float) -> None:
+        await self._run(self.docker.stop, container_id, timeout)
+
+    async def remove(self, container_id: str, force: bool = False) -> None:
+        await self._run(self.docker.remove, container_id, force=force)
+
+    def events(self, labels: Labels, since: int | None = None) -> Stream:
+        stream: Stream = self.docker.events(labels, since=since)
+        return stream
+
+    def follow_logs(self, container_id: str, since: float | None = None) -> Stream:
+        stream: Stream = self.docker.follow_logs(container_id, since=since)
+        return stream
+
+    async def close(self) -> None:
+        """Close the clients (in a thread: it may block), then the pool without waiting for stuck calls."""
+        try:
+            await self._run(self.docker.close)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""After the launch: watching containers' exits, cancellation, restart recovery, cleanup, flow output."""
