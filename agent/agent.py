@@ -21,6 +21,7 @@ from loguru import logger
 
 from agent.api.cloud import CloudClient
 from agent.banner import DOCUMENTATION, print_banner
+from agent.exits import EXIT_CONFIG, EXIT_FORCED, EXIT_OK, EXIT_STARTUP
 from agent.launch.admission import Admission
 from agent.launch.pipeline import Deployer
 from agent.launch.poller import Launches, Poller
@@ -31,12 +32,13 @@ from agent.ops.metrics import METRICS
 from agent.runtime.docker import DockerRuntime
 from agent.runtime.engine import DockerEngine
 from agent.runtime.port import ContainerRuntime
-from agent.session import EXIT_CONFIG, EXIT_FORCED, EXIT_OK, EXIT_STARTUP, Session, StartupError, open_session
+from agent.session import Session, StartupError, open_session
 from agent.settings import Settings, load_settings, settings_secrets
 from agent.stop import Stopped, StopSignal
 from agent.supervise.watcher import Watcher
 
 FORCED_FLUSH_S = 5.0  # after a second signal: how long the buffered run logs may still take
+FORCED_EXIT_GRACE_S = 2.0  # then this long for the rest of the shutdown before the process exits anyway
 ENGINE_THREADS_EXTRA = 6  # beyond the launch slots: the watcher's reads and its (at most 4) concurrent stops
 
 __all__ = ["EXIT_FORCED", "LocalAgent", "StartupError"]
@@ -68,6 +70,7 @@ class LocalAgent:
         self.health = HealthState.for_settings(settings, self.admission.engine)  # /api/health, /ready
         self.cloud = CloudClient(settings.api, settings.token, settings.request_timeout)
         self.launches = Launches()
+        self._deadline: asyncio.TimerHandle | None = None  # armed by a second signal
 
     # ------------------------------------------------------------------ entry points
     def start(self, configure_logs: bool = True) -> None:
@@ -110,6 +113,8 @@ class LocalAgent:
                 await health_server.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if self._deadline is not None:
+                self._deadline.cancel()  # the shutdown finished in time
             logger.info("Agent stopped")
         if self.forced:
             raise StartupError("stopped by a second signal: launches in flight were abandoned", EXIT_FORCED)
@@ -156,12 +161,21 @@ class LocalAgent:
                                EXIT_CONFIG) from exc
         return server
 
+    @staticmethod
+    def _exit_now() -> None:
+        logger.complete()
+        logger.error("shutdown did not finish after the second signal: exiting now")
+        os._exit(EXIT_FORCED)
+
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stop.is_set():
             logger.warning("second {sig}: abandoning {n} launch(es) in flight, writing run logs, exiting",
                            sig=sig.name, n=len(self.launches))
             self.forced = True
             self.launches.cancel()
+            # whatever still hangs after the run-log flush's deadline (a stuck close) cannot keep us alive
+            self._deadline = asyncio.get_running_loop().call_later(FORCED_FLUSH_S + FORCED_EXIT_GRACE_S,
+                                                                   self._exit_now)
             return
         logger.info("{sig} received: no new flow runs; waiting up to {t:g}s for {n} launch(es) in flight",
                     sig=sig.name, t=self.settings.drain_timeout, n=len(self.launches))

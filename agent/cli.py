@@ -27,11 +27,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.exits import EXIT_CONFIG, EXIT_UNHEALTHY
 from agent.settings import Settings, effective_config, env_name, load_settings
 from agent.version import __version__
 
-EXIT_CONFIG = 2
-EXIT_UNHEALTHY = 1  # `check`: the only failure code a Docker HEALTHCHECK command may use
 # Short and historical flag names (Prefect's `prefect agent local start` used -t, -l, -e, -n).
 FLAG_NAMES: dict[str, list[str]] = {
     "api_token": ["-t", "--token"],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from agent.api.cloud import ApiError, AuthenticationError, CloudClient, TransientApiError
+from agent.exits import EXIT_DOCKER, EXIT_STARTUP
 from agent.launch.claims import CAPABILITY as PARTIAL_STATES
 from agent.launch.plan import Identity, flow_api_url
 from agent.ops.backoff import FailureBackoff
@@ -23,8 +24,6 @@ from agent.settings import Settings
 from agent.startup import alongside
 from agent.stop import StopSignal
 
-EXIT_OK, EXIT_STARTUP, EXIT_CONFIG, EXIT_DOCKER = 0, 1, 2, 3
-EXIT_FORCED = 1  # a second signal during the drain: launches in flight abandoned
 TOKEN_HINT = "this backend requires a token; pass -t/--token or set PREFECT__CLOUD__AGENT__API_TOKEN"
 LONG_POLL = "long_poll"
 

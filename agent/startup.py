@@ -1,9 +1,8 @@
 """Start-up steps that do not depend on each other run side by side (launch -> first poll).
 
-The agent used to ping Docker, then ask the backend for its tenant, register, say hello and read the
-capabilities, one round trip after the other. Only registration needs the tenant; Docker and the backend
-are independent. `alongside()` runs the Docker check while the backend work proceeds, and a failed check
-still wins: "Docker unreachable at start" exits with its own code (3), exactly as when it ran first.
+Only registration needs the tenant; the engine and the backend are independent, so their round trips
+need not wait for each other. `alongside()` runs the engine check while the backend work proceeds, and a
+failed check still wins: "Docker unreachable at start" exits with its own code (3).
 
 `warm_docker()` goes further back: the CLI creates the Docker runtime before it imports the agent's modules
 (~150 ms of CPU) and lets a daemon thread open the first Docker connection meanwhile (client, API version

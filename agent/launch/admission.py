@@ -1,7 +1,7 @@
 """`Admission`: the one answer to "may I poll now?" and "may I claim this run now?".
 
 Three things decide, and this object owns all of them so that no one else keeps a copy:
-* the launch gate (`agent.launch.claims.LaunchGate`): a claim-ahead window and the launch slots;
+* the launch gate (`agent.launch.gate.LaunchGate`): a claim-ahead window and the launch slots;
 * the concurrency limit (`agent.launch.capacity.Capacity`, `MAX_CONCURRENT_RUNS`, counted from the engine);
 * whether the container engine is reachable (`EngineStatus`): nothing is claimed while it is away, and a
   run claimed just before it went away goes back to the queue, never Failed. Health only reports it.
@@ -9,6 +9,7 @@ Three things decide, and this object owns all of them so that no one else keeps 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -16,7 +17,7 @@ from typing import TypeVar
 from loguru import logger
 
 from agent.launch.capacity import Capacity
-from agent.launch.claims import LaunchGate, Ticket
+from agent.launch.gate import LaunchGate, Ticket
 from agent.launch.plan import LABEL_AGENT
 from agent.launch.prelaunch import DockerProbe
 from agent.runtime.docker_types import DockerUnavailable
@@ -50,10 +51,27 @@ class Admission:
         self.engine.came_back()
         logger.info("Docker daemon at {address} is reachable again", address=self.runtime.address)
 
+    async def ping(self) -> None:
+        """The engine answers (one real ping per second for everyone); raises `DockerUnavailable`."""
+        await self.probe.ping()
+
     # ------------------------------------------------------------------ polling
     async def room_to_poll(self, timeout: float) -> None:
         """Wait (at most `timeout`) until a poll can bring new runs (see `LaunchGate.room_to_poll`)."""
         await self.gate.room_to_poll(timeout)
+
+    def polled(self, *, fresh: bool) -> None:
+        """The last poll brought runs this agent did not hold yet (or not): how soon to poll again."""
+        self.gate.fresh_last_poll = fresh
+
+    def hold_claims(self) -> bool:
+        """Claims may wait: enough claimed runs are still queued for a launch slot."""
+        return self.gate.hold_claims()
+
+    @property
+    def claim_room(self) -> asyncio.Event:
+        """Set whenever a claimed run gets its launch slot (held claims may go out then)."""
+        return self.gate.room
 
     async def admit(self, runs: Sequence[T]) -> list[T]:
         """The runs of one poll that fit under `MAX_CONCURRENT_RUNS`; the others stay Scheduled."""

@@ -58,9 +58,8 @@ class Deployer:
                  on_launched: Callable[[FlowRun, LaunchResult], None]) -> None:
         self.settings, self.cloud, self.runtime, self.admission = settings, cloud, runtime, admission
         self.identity, self.stop, self.on_launched = session.identity, stop, on_launched
-        self.claims = ClaimBatcher(cloud, partial=session.partial_states, hold=admission.gate.hold_claims,
-                                   stop=stop)
-        admission.gate.on_ready_drop = self.claims.poke
+        self.claims = ClaimBatcher(cloud, partial=session.partial_states, hold=admission.hold_claims,
+                                   stop=stop, room=admission.claim_room)
         self.run_logs = RunLogBuffer(cloud)
         self.images = ImagePresence(runtime)
         self.pull_policy: PullPolicy = pull_policy(settings)
@@ -104,7 +103,7 @@ class Deployer:
         """Warm what the launch at the due time asks Docker (ping, image presence); failures wait for it."""
         try:
             image = resolve_image(run)
-            await self.admission.probe.ping()
+            await self.admission.ping()
             await self.images.present(image)
         except (LaunchError, DockerError) as exc:
             logger.debug("flow run {id}: not prepared ahead: {error}", id=run.id, error=exc)

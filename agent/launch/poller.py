@@ -15,13 +15,14 @@ from loguru import logger
 
 from agent.api.cloud import ApiError, CloudClient
 from agent.api.models import FlowRun, iso_now
+from agent.exits import EXIT_DOCKER
 from agent.launch.admission import Admission
 from agent.launch.pipeline import Deployer
 from agent.ops import memory
 from agent.ops.backoff import FailureBackoff, IdleBackoff
 from agent.ops.health import HealthState
 from agent.runtime.docker_types import DockerError, DockerUnavailable
-from agent.session import EXIT_DOCKER, Session, StartupError
+from agent.session import Session, StartupError
 from agent.settings import Settings
 from agent.stop import StopSignal
 
@@ -115,7 +116,7 @@ class Poller:
         ids = await self.cloud.runs_in_queue(self.session.tenant_id, settings.labels,
                                              iso_now(settings.prefetch_seconds), wait)
         fresh = [run_id for run_id in ids if run_id not in self.launches]
-        self.admission.gate.fresh_last_poll = bool(fresh)
+        self.admission.polled(fresh=bool(fresh))
         if not fresh and not self.launches:
             memory.trim_when_idle()  # idle: hand freed heap back to the OS (agent.ops.memory)
         if not fresh:

@@ -60,11 +60,11 @@ class HealthState:
     docker: EngineStatus = field(default_factory=EngineStatus)  # owned by the admission; reported here
 
     @classmethod
-    def for_settings(cls, settings: Settings, docker: EngineStatus | None = None) -> HealthState:
+    def for_settings(cls, settings: Settings, docker: EngineStatus) -> HealthState:
         # A long poll may legitimately last long_poll + request_timeout; failures back off up to 30 s.
         cycle = settings.long_poll_seconds + settings.request_timeout
         return cls(poll_window=max(60.0, 3 * cycle), liveness_window=max(120.0, 3 * cycle + 30.0),
-                   docker=docker or EngineStatus())
+                   docker=docker)
 
     def running(self) -> None:
         """Start-up is done; connecting to the backend counts as the first successful contact."""

@@ -13,7 +13,7 @@ Every value records where it came from (`Decision`), which is what `local-agent 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker.types
 
@@ -37,9 +37,6 @@ from agent.policy.rules import (
     is_loopback,
     unsafe_tmpfs_options,
 )
-
-if TYPE_CHECKING:
-    pass
 
 MAX_LOOPBACK_PORTS = 32  # host ports a run may publish on loopback without `published_ports`
 # host_config keys passed on as validated: they change the container only, never reach the host.

@@ -1,7 +1,8 @@
 """The agent's typed, synchronous boundary to the Docker engine (docker-py underneath).
 
-Everything the agent does to Docker goes through `DockerRuntime`; the asyncio agent calls it through
-`asyncio.to_thread`. Three promises callers rely on:
+Everything the agent does to Docker goes through `DockerRuntime`; the running agent reaches it through the
+runtime port (`agent.runtime.engine.DockerEngine` runs each call in its own threads). Three promises callers
+rely on:
 
 * Every call has a timeout. A thread blocked in a docker call cannot be cancelled from asyncio, so a hung
   daemon must surface as an error, never as a stuck task.

@@ -7,7 +7,6 @@ version is negotiated once and reused for later clients.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -61,8 +60,8 @@ class ClientPool:
         """This thread's client (connecting raises what docker-py raises; the caller maps it)."""
         client: docker.DockerClient | None = getattr(self._local, "client", None)
         if client is None:
-            client = docker.DockerClient(timeout=math.ceil(self.timeout), version=self._api_version,
-                                         **self.params)
+            client = docker.DockerClient(timeout=self.timeout,  # type: ignore[arg-type]  # floats work
+                                         version=self._api_version, **self.params)
             self._api_version = client.api.api_version
             with self._lock:
                 self._clients.append(client)

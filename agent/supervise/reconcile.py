@@ -121,8 +121,8 @@ async def requeue_orphans(cloud: CloudClient, runtime: ContainerRuntime, *, agen
     `candidates` (updated in place): the runs Submitted before this process claimed anything. Only those
     may be requeued: a run this process claimed is never an orphan of it (its launch is in flight, done,
     or reported), whatever happened to its container since. Candidates that left Submitted are dropped,
-    and so are runs claimed on another Docker host than `host` (see `host_id`) or without a host marker:
-    they never become ours.
+    and so are runs claimed on another Docker host than `host` (`ContainerRuntime.host_id`) or without a
+    host marker: they never become ours.
     """
     rows = await cloud.submitted_runs(agent_id)
     if candidates is not None:

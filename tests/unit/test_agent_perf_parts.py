@@ -12,7 +12,8 @@ from aiohttp import web
 from agent import startup
 from agent.api.cloud import ApiError, StateUpdateFailed
 from agent.api.transport import GraphQLHttp, HttpStatusError, ProtocolError
-from agent.launch.claims import ClaimBatcher, LaunchGate, outcome_error
+from agent.launch.claims import ClaimBatcher, outcome_error
+from agent.launch.gate import LaunchGate
 from agent.launch.prelaunch import DockerProbe, ImagePresence
 from agent.ops import memory
 
@@ -48,13 +49,13 @@ async def test_claims_of_one_instant_share_a_request_and_fail_alone() -> None:
 
 
 async def test_claims_are_held_while_claimed_runs_wait_for_launch_slots() -> None:
-    cloud, hold = FakeCloud(), [True]
-    batcher = ClaimBatcher(cloud, partial=True, hold=lambda: hold[0])  # type: ignore[arg-type]
+    cloud, hold, room = FakeCloud(), [True], asyncio.Event()
+    batcher = ClaimBatcher(cloud, partial=True, hold=lambda: hold[0], room=room)  # type: ignore[arg-type]
     claims = [asyncio.ensure_future(batcher.set_state(r, {}, 1)) for r in "abc"]
     await asyncio.sleep(0.05)
     assert cloud.batches == []
     hold[0] = False
-    batcher.poke()
+    room.set()  # a claimed run got its launch slot (the gate's event)
     await asyncio.gather(*claims)
     await batcher.close()
     assert cloud.batches == [["a", "b", "c"]]

@@ -224,7 +224,7 @@ def test_no_import_cycle_among_agent_modules() -> None:
 def execute_calls(tree: ast.AST) -> Iterator[ast.Call]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            if node.func.attr == "execute":
+            if node.func.attr == "execute" or node.func.attr.startswith("_execute"):
                 yield node
 
 
@@ -237,6 +237,9 @@ def test_graphql_is_sent_only_by_the_api_client() -> None:
         for call in execute_calls(ast.parse(text)):
             receiver = ast.get_source_segment(text, call.func)
             offenders.append(f"  agent/{relative(path)}:{call.lineno}: {receiver}(...)")
+        for node in ast.walk(ast.parse(text)):  # nor may anything else hold the transport
+            if isinstance(node, ast.ImportFrom) and node.module == "agent.api.transport":
+                offenders.append(f"  agent/{relative(path)}:{node.lineno}: imports agent.api.transport")
     assert not offenders, (
         "`.execute(` outside the API client (only agent/api/cloud.py and agent/api/transport.py may send "
         "GraphQL; add a typed method to CloudClient instead):\n" + "\n".join(offenders))
@@ -330,5 +333,5 @@ def test_a_module_is_named_by_its_whole_path(text: str, found: bool) -> None:
 
 def test_execute_calls_are_found_on_any_receiver() -> None:
     tree = ast.parse("client.execute(q)\nawait self._client.session.execute(doc)\n"
-                     "execute(q)\nx.executor(q)\n")
-    assert [call.lineno for call in execute_calls(tree)] == [1, 2]
+                     "execute(q)\nx.executor(q)\ncloud._execute(q)\n")
+    assert sorted(call.lineno for call in execute_calls(tree)) == [1, 2, 5]

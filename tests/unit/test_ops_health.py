@@ -12,6 +12,7 @@ from agent.cli import main
 from agent.ops.health import HealthServer, HealthState, check, parse_address
 from agent.ops.metrics import AgentMetrics
 from agent.runtime.docker_types import DockerUnavailable
+from agent.runtime.status import EngineStatus
 from agent.settings import Settings
 
 
@@ -53,9 +54,9 @@ def test_readiness_needs_running_docker_and_a_recent_poll() -> None:
 
 
 def test_windows_follow_the_poll_settings() -> None:
-    state = HealthState.for_settings(Settings(long_poll_seconds=30, request_timeout=15))
+    state = HealthState.for_settings(Settings(long_poll_seconds=30, request_timeout=15), EngineStatus())
     assert state.poll_window == 135 and state.liveness_window == 165
-    assert HealthState.for_settings(Settings()).poll_window == 75
+    assert HealthState.for_settings(Settings(), EngineStatus()).poll_window == 75
 
 
 async def test_endpoints_and_check_against_the_real_server() -> None:

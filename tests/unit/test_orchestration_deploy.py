@@ -128,7 +128,8 @@ async def test_docker_refusing_the_container_fails_the_run_with_its_message(tmp_
         assert stage.fake.containers == {}
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: the pipeline ignores DockerError.transient (see report)")
+@pytest.mark.xfail(strict=True, reason="known: the pipeline ignores DockerError.transient, so a transient "
+                   "create error fails the run; one transient-or-permanent decision is still to come")
 async def test_transient_create_error_requeues_the_run_instead_of_failing_it(tmp_path: Path) -> None:
     busy = ContainerCreateError("Docker could not create container x: 500 Internal Server Error",
                                 status_code=500, transient=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.exits import EXIT_FORCED
 from agent.launch.plan import LABEL_AGENT
 from agent.runtime.docker_types import FLOW_RUN_LABEL
-from agent.session import EXIT_FORCED, StartupError
+from agent.session import StartupError
 from tests.support.orchestration import Stage, eventually
 
 pytestmark = pytest.mark.usefixtures("clean_prefect_env")

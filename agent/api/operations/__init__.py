@@ -1,1 +1,1 @@
-"""GraphQL documents the agent sends (package data); see agent/cloud.py."""
+"""GraphQL documents the agent sends (package data); `agent.api.cloud` loads and sends them."""
