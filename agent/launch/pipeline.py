@@ -49,6 +49,15 @@ from agent.session import Session
 from agent.settings import Settings
 from agent.stop import StopSignal
 
+TRANSIENT_ATTEMPTS = 3  # launches tried in place after a transient engine error before the run is requeued
+TRANSIENT_BACKOFF_S = 0.5  # before the second attempt; doubled before each later one
+
+
+def _engine_fault(exc: Exception) -> bool:
+    """A transient engine error at create or start: not the run's fault. A pull keeps its own verdict (a
+    registry that stalls or fails is reported on the run), and so does everything the run asked for."""
+    return isinstance(exc, DockerError) and exc.transient and not isinstance(exc, ImagePullError)
+
 
 class Deployer:
     """Deploys flow runs; one instance per session, one `deploy()` task per run."""
@@ -135,25 +144,47 @@ class Deployer:
         return True
 
     async def launch_claimed(self, run: FlowRun) -> None:
-        try:
-            image = resolve_image(run)
-            plan = await self.plan(run, image)
-            await self.ensure_image(run, image)
-            await self.ensure_volumes(plan)
-            spec = plan.spec
-            logger.opt(lazy=True).debug("container spec for flow run {id}: {spec}", id=lambda: run.id,
-                                        spec=lambda: describe(spec))  # built only when DEBUG is on
-            # A claimed run's old exited container (a reschedule or retry of the run) makes way for this one.
-            result = await self.launch_container(run, image, spec)
-        except DockerUnavailable as exc:
-            self.admission.engine_down(exc)
-            await self.requeue(run, exc)
+        """Launch, then report. What the run did wrong fails it; what the engine did wrong never does: an
+        unreachable engine puts the run back in the queue at once, a transient engine error (a 5xx, a
+        sandbox race at create or start) is retried in place, then the run goes back to the queue."""
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                result = await self._launch_once(run)
+            except DockerUnavailable as exc:
+                self.admission.engine_down(exc)
+                await self.requeue(run, f"its Docker daemon was unreachable ({exc.reason})",
+                                   "docker_unavailable")
+                return
+            except (LaunchError, PolicyDenied, DockerError) as exc:
+                if not _engine_fault(exc):
+                    METRICS.launch_failed(exc)
+                    await self.fail(run, str(exc))
+                    return
+                if attempt == TRANSIENT_ATTEMPTS or not await self._retry_later(run, exc, attempt):
+                    await self.requeue(run, f"the Docker engine failed transiently {attempt} time(s), "
+                                            f"last: {exc}", "transient_error")
+                    return
+                continue
+            await self.report(run, result)
             return
-        except (LaunchError, PolicyDenied, DockerError) as exc:
-            METRICS.launch_failed(exc)
-            await self.fail(run, str(exc))
-            return
-        await self.report(run, result)
+
+    async def _retry_later(self, run: FlowRun, exc: Exception, attempt: int) -> bool:
+        """Back off before the next attempt; False when the agent stops meanwhile."""
+        delay = TRANSIENT_BACKOFF_S * 2 ** (attempt - 1)
+        logger.warning("flow run {id}: transient engine error, attempt {n} of {total}; retrying in "
+                       "{d:g}s: {error}", id=run.id, n=attempt, total=TRANSIENT_ATTEMPTS, d=delay, error=exc)
+        return await self.stop.sleep(delay)
+
+    async def _launch_once(self, run: FlowRun) -> LaunchResult:
+        image = resolve_image(run)
+        plan = await self.plan(run, image)
+        await self.ensure_image(run, image)
+        await self.ensure_volumes(plan)
+        spec = plan.spec
+        logger.opt(lazy=True).debug("container spec for flow run {id}: {spec}", id=lambda: run.id,
+                                    spec=lambda: describe(spec))  # built only when DEBUG is on
+        # A claimed run's old exited container (a reschedule or retry of the run) makes way for this one.
+        return await self.launch_container(run, image, spec)
 
     async def launch_container(self, run: FlowRun, image: str, spec: ContainerSpec) -> LaunchResult:
         """Create + start; an image gone since it was seen (`ImagePresence`) gets the pull policy again."""
@@ -243,15 +274,18 @@ class Deployer:
         except ApiError as exc:
             logger.error("flow run {id}: could not record the failure: {error}", id=run.id, error=exc)
 
-    async def requeue(self, run: FlowRun, exc: DockerUnavailable) -> None:
-        """Docker went away after the claim: put the run back to Scheduled instead of failing it."""
-        logger.warning(
-            "flow run {id}: Docker unreachable after claiming; rescheduling: {error}", id=run.id, error=exc
-        )
-        state = scheduled_state("Rescheduled by the agent: its Docker daemon was unreachable", iso_now())
+    async def requeue(self, run: FlowRun, why: str, reason: str) -> None:
+        """The engine failed the launch, not the run: back to Scheduled, with a run log saying why first."""
+        message = f"Rescheduled by the agent: {why}"
+        logger.warning("flow run {id}: {message}", id=run.id, message=message)
         try:
-            await self.cloud.set_flow_run_state(run.id, state, None)
+            await self.run_logs.flush()  # what the run logged before comes first
+            await self.cloud.write_run_log(run.id, self.identity.agent_name, message, "WARNING")
+        except ApiError as exc:
+            logger.warning("flow run {id}: run log not written: {error}", id=run.id, error=exc)
+        try:
+            await self.cloud.set_flow_run_state(run.id, scheduled_state(message, iso_now()), None)
         except ApiError as api_exc:
             logger.error("flow run {id}: could not reschedule: {error}", id=run.id, error=api_exc)
             return
-        METRICS.runs_requeued.labels(reason="docker_unavailable").inc()  # only once it is back in the queue
+        METRICS.runs_requeued.labels(reason=reason).inc()  # only once it is back in the queue

@@ -39,6 +39,7 @@ from agent.runtime.docker_types import (
     ImagePullError,
     LaunchResult,
     container_name_for,
+    engine_error_is_transient,
     explanation,
     first_line,
     is_timeout,
@@ -244,7 +245,7 @@ class DockerRuntime:
                     return None
                 raise ContainerCreateError(
                     f"Docker could not create container {spec.name} from {spec.image}: {explanation(exc)}",
-                    status_code=exc.status_code, transient=exc.is_server_error()) from exc
+                    status_code=exc.status_code, transient=engine_error_is_transient(exc)) from exc
             except (TypeError, ValueError, docker.errors.InvalidArgument) as exc:  # a bad host_config kwarg
                 raise ContainerCreateError(f"invalid container configuration for {spec.name}: {exc}") from exc
 
@@ -260,7 +261,7 @@ class DockerRuntime:
                 self._discard(container_id)
                 raise ContainerCreateError(
                     f"Docker created container {spec.name} but could not start it: {explanation(exc)}",
-                    status_code=exc.status_code, transient=exc.is_server_error()) from exc
+                    status_code=exc.status_code, transient=engine_error_is_transient(exc)) from exc
 
     def _adopt(self, client: docker.DockerClient, spec: ContainerSpec,
                replace_exited: bool) -> LaunchResult | None:

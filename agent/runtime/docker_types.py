@@ -163,6 +163,23 @@ def explanation(exc: docker.errors.APIError) -> str:
     return first_line(str(exc.explanation or exc))
 
 
+# Engine races that pass by themselves (a veth pair vanishing while the sandbox is set up, a container
+# removed under us, a daemon too busy to answer in time). Any other refusal, 5xx included, is the run's own:
+# "could not select device driver" or "executable file not found" fail the same way on every attempt.
+_TRANSIENT_ENGINE_ERRORS = (
+    "failed to add interface", "to sandbox", "link not found", "no such container",
+    "connection reset by peer", "i/o timeout", "context deadline exceeded",
+    "resource temporarily unavailable",
+)
+
+
+def engine_error_is_transient(exc: docker.errors.APIError) -> bool:
+    """Whether a create/start refusal is an engine race worth retrying, judged by Docker's own text."""
+    lowered = str(exc.explanation or exc).lower()
+    return (exc.is_server_error() or exc.status_code == 404) and any(
+        marker in lowered for marker in _TRANSIENT_ENGINE_ERRORS)
+
+
 # ------------------------------------------------------------------------------------------------ values
 @dataclass(frozen=True)
 class ContainerSpec:

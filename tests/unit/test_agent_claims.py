@@ -12,7 +12,6 @@ from agent.launch.admission import Admission
 from agent.launch.pipeline import Deployer
 from agent.launch.plan import Identity
 from agent.ops.metrics import METRICS
-from agent.runtime.docker_types import DockerUnavailable
 from agent.session import Session
 from agent.settings import Settings
 from agent.stop import StopSignal
@@ -47,11 +46,15 @@ class FakeCloud:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.states: list[dict[str, Any]] = []
+        self.logs: list[str] = []
 
     async def set_flow_run_state(self, run_id: str, state: dict[str, Any], version: int | None) -> None:
         if self.fail:
             raise ApiError("backend down")
         self.states.append(state)
+
+    async def write_run_log(self, run_id: str, name: str, message: str, level: str = "INFO") -> None:
+        self.logs.append(f"{level} {message}")
 
 
 def deployer(cloud: Any, host: str = "HOST:A") -> Deployer:
@@ -75,9 +78,10 @@ def test_requeue_is_counted_only_once_the_run_is_back_in_the_queue() -> None:
     def requeued() -> float:
         return METRICS.value("local_agent_runs_requeued_total", reason="docker_unavailable")
 
-    before, gone = requeued(), DockerUnavailable("unix:///x.sock", "gone")
-    asyncio.run(deployer(FakeCloud(fail=True)).requeue(make_run(), gone))
+    before, why = requeued(), "its Docker daemon was unreachable (gone)"
+    asyncio.run(deployer(FakeCloud(fail=True)).requeue(make_run(), why, "docker_unavailable"))
     assert requeued() == before
     cloud = FakeCloud()
-    asyncio.run(deployer(cloud).requeue(make_run(), gone))
+    asyncio.run(deployer(cloud).requeue(make_run(), why, "docker_unavailable"))
     assert requeued() == before + 1 and cloud.states[0]["type"] == "Scheduled"
+    assert cloud.logs == [f"WARNING Rescheduled by the agent: {why}"]  # written before the state

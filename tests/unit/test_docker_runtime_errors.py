@@ -26,7 +26,7 @@ from agent.runtime.docker import (
     container_name_for,
 )
 from agent.runtime.docker_clients import DEFAULT_ADDRESS
-from agent.runtime.docker_types import is_unreachable, reason
+from agent.runtime.docker_types import engine_error_is_transient, is_unreachable, reason
 
 RUN_ID = "0c5b6e9d-5f1e-4c8e-9a43-2b7f1d3c4e5a"
 
@@ -194,6 +194,19 @@ def test_daemon_5xx_is_transient_and_4xx_is_permanent() -> None:
     assert not isinstance(refused.value, DockerUnavailable)
     assert not refused.value.transient and refused.value.status_code == 403
     assert "blocked by the socket proxy" in str(refused.value)
+
+
+@pytest.mark.parametrize(("status", "message", "transient"), [
+    (500, "failed to add interface veth12ab to sandbox: error setting interface: Link not found", True),
+    (500, "failed to create endpoint x on network bridge: context deadline exceeded", True),
+    (404, "No such container: 3f3c0a9bb2be", True),  # removed under us between create and start
+    (500, "could not select device driver \"\" with capabilities: [[gpu]]", False),
+    (500, "OCI runtime create failed: exec: \"prefect\": executable file not found in $PATH", False),
+    (400, "invalid mount config for type \"bind\": bind source path does not exist", False),
+])
+def test_only_engine_races_are_transient_at_create_and_start(status: int, message: str,
+                                                             transient: bool) -> None:
+    assert engine_error_is_transient(api_error(status, message)) is transient
 
 
 @pytest.mark.parametrize(("status", "message", "transient"), [

@@ -128,9 +128,7 @@ async def test_docker_refusing_the_container_fails_the_run_with_its_message(tmp_
         assert stage.fake.containers == {}
 
 
-@pytest.mark.xfail(strict=True, reason="known: the pipeline ignores DockerError.transient, so a transient "
-                   "create error fails the run; one transient-or-permanent decision is still to come")
-async def test_transient_create_error_requeues_the_run_instead_of_failing_it(tmp_path: Path) -> None:
+async def test_a_transient_create_error_never_fails_the_run(tmp_path: Path) -> None:
     busy = ContainerCreateError("Docker could not create container x: 500 Internal Server Error",
                                 status_code=500, transient=True)
     async with Stage.open(tmp_path) as stage:
@@ -143,6 +141,34 @@ async def test_transient_create_error_requeues_the_run_instead_of_failing_it(tmp
             return found if stage.fake.container(run_id) or found == "Failed" else None
 
         assert await eventually(settled) == "Submitted"
+        assert errors_of(await stage.logs(run_id)) == []
+
+
+async def test_a_transient_error_that_clears_is_retried_in_place(tmp_path: Path) -> None:
+    sandbox = ContainerCreateError("Docker created container x but could not start it: failed to add "
+                                   "interface veth0 to sandbox", status_code=500, transient=True)
+    async with Stage.open(tmp_path) as stage:
+        stage.fake.fail_launch(IMAGE, sandbox, times=2)  # attempts 1 and 2 fail, the third launches
+        await stage.start_agent()
+        run_id = await stage.flow_run()
+        await stage.launched(run_id)
+        assert len(stage.fake.called("launch")) == 3
+        assert await stage.state(run_id) == "Submitted"  # never Failed, never back in the queue
+        assert errors_of(await stage.logs(run_id)) == []
+
+
+async def test_a_transient_error_that_persists_puts_the_run_back_with_the_reason(tmp_path: Path) -> None:
+    busy = ContainerCreateError("Docker could not create container x: 500 Internal Server Error",
+                                status_code=500, transient=True)
+    async with Stage.open(tmp_path) as stage:
+        stage.fake.fail_launch(IMAGE, busy, times=3)  # every attempt of the first claim fails
+        await stage.start_agent()
+        run_id = await stage.flow_run()
+        reason = "Rescheduled by the agent: the Docker engine failed transiently 3 time(s)"
+        logs = await stage.wait_log(run_id, reason)
+        assert "500 Internal Server Error" in "\n".join(e["message"] for e in logs)
+        await stage.launched(run_id)  # the next claim of the same run launches it
+        assert len(stage.fake.called("launch")) == 4
         assert errors_of(await stage.logs(run_id)) == []
 
 
