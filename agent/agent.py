@@ -29,7 +29,7 @@ from agent.ops import memory
 from agent.ops.health import HealthServer, HealthState
 from agent.ops.logs import configure_logging
 from agent.ops.metrics import METRICS
-from agent.runtime.docker import DockerRuntime
+from agent.runtime.docker import DockerError, DockerRuntime
 from agent.runtime.engine import DockerEngine
 from agent.runtime.port import ContainerRuntime
 from agent.session import Session, StartupError, open_session
@@ -138,6 +138,7 @@ class LocalAgent:
         poller = Poller(settings, cloud, session, self.admission, deployer, self.launches, self.health,
                         self.stop)
         try:
+            await self._note_daemon()
             await self.stop.race(watcher.start())  # restart recovery first: adopt what the last run left
             self.health.running()
             logger.info("Waiting for flow runs...")
@@ -149,6 +150,23 @@ class LocalAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(deployer.close(), FORCED_FLUSH_S if self.forced else None)
             await watcher.stop()  # flow containers keep running; the next start adopts them
+
+    async def _note_daemon(self) -> None:
+        """Live-restore, for the log and `local-agent check`: without it a daemon restart stops every flow."""
+        try:
+            facts = await self.runtime.daemon_facts()
+        except DockerError as exc:
+            logger.debug("daemon facts not read: {error}", error=exc)
+            return
+        self.health.live_restore = facts.live_restore
+        if facts.live_restore is False:
+            logger.info("The Docker daemon runs without live-restore: restarting it stops every flow "
+                        "container (their runs are resubmitted, up to INFRA_RETRIES={n} times; "
+                        "docs/operations.md)",
+                        n=self.settings.infra_retries)
+        if facts.started_at is None:
+            logger.warning("The Docker daemon's start time is unknown (no default bridge network): flows it "
+                           "stops when it restarts are reported as failed, not resubmitted")
 
     async def _start_health_server(self) -> HealthServer | None:
         if not self.settings.health_address:

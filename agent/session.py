@@ -16,6 +16,7 @@ from agent.api.cloud import ApiError, AuthenticationError, CloudClient, Transien
 from agent.exits import EXIT_DOCKER, EXIT_STARTUP
 from agent.launch.claims import CAPABILITY as PARTIAL_STATES
 from agent.launch.plan import Identity, flow_api_url
+from agent.launch.run_tokens import CAPABILITY as RUN_TOKENS
 from agent.ops.backoff import FailureBackoff
 from agent.ops.redact import mask_urls
 from agent.runtime.docker_types import DockerUnavailable
@@ -57,6 +58,11 @@ class Session:
     def long_poll(self) -> bool:
         """Our server's `get_runs_in_queue(wait_seconds)`; any other backend is polled."""
         return LONG_POLL in self.capabilities
+
+    @property
+    def run_tokens(self) -> bool:
+        """Our server's per-run FLOW_RUN tokens for flow containers (`agent.launch.run_tokens`)."""
+        return RUN_TOKENS in self.capabilities
 
     @property
     def partial_states(self) -> bool:

@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     show_flow_logs: bool = False
     cancel_grace_seconds: float = Field(30.0, ge=0)
     heartbeat_interval: PositiveFloat = 30.0
+    infra_retries: int = Field(2, ge=0, le=100)  # resubmissions after containers the infrastructure stopped
     watch_interval: PositiveFloat = 5.0
     keep_failed_containers_hours: float = Field(24.0, ge=0)
     cleanup_interval: PositiveFloat = 300.0

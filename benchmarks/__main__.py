@@ -1,4 +1,5 @@
-"""From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]` or `clean`."""
+"""From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery` or
+`clean`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--idle-seconds", type=float, help="override the idle window")
     cmd.add_argument("--queue-runs", type=int, help="override the number of runs in the queue-latency DB")
     cmd.add_argument("--no-image", action="store_true", help="skip building the agent image")
+    recovery = sub.add_parser("recovery", help="the chaos scenarios once each (agent SIGKILL + restart, 5 %% "
+                              "of starts failing, a dockerd restart under running flows (root)); writes "
+                              "results/recovery-<date>.json and .md")
+    recovery.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
     sub.add_parser("clean", help="remove the benchmark's cached images and its .cache/benchmarks directories")
     return parser
 
@@ -61,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "clean":
         return clean()
+    if args.command == "recovery":
+        from benchmarks.recovery import run_recovery
+
+        written = run_recovery((args.out or RESULTS_DIR).resolve())
+        print(Path(written["md"]).read_text())
+        return 0
     config = _config(args)
     default = REPO_ROOT / ".cache" / "benchmarks" / "smoke" if config.smoke else RESULTS_DIR / _today()
     out_dir = (args.out or default).resolve()

@@ -105,7 +105,8 @@ class GraphQLService:
             settings.max_query_aliases, settings.max_query_fields)
         self.documents: ByteLRU[Parsed] = ByteLRU(settings.document_cache_bytes,
                                                   settings.document_cache_max_query_bytes)
-        self.identities = auth.IdentityCache(settings.token_cache_ttl_s)
+        self.identities = auth.IdentityCache(settings.token_cache_ttl_s,
+                                             grace_s=settings.flow_run_token_grace_s)
         self.agents: ByteLRU[bool] = ByteLRU(64 * 1024, 64)
 
     def pool_for(self, query: str) -> ThreadPoolExecutor:
@@ -186,9 +187,11 @@ class GraphQLService:
                              share_reads=operation.operation == OperationType.QUERY)
         if caller.identity is not None:
             ctx.tenant_id, ctx.scope = caller.identity.tenant_id, caller.identity.scope
+            ctx.flow_run_id = caller.identity.flow_run_id
         elif caller.problem is not None and not _public(operation):
             return unauthenticated(caller.problem)
-        ctx.agent_id = self.agent_id(headers.get("x-prefect-agent-id"), ctx.tenant_id)
+        if ctx.flow_run_id is None:  # a flow container's token never speaks for an agent
+            ctx.agent_id = self.agent_id(headers.get("x-prefect-agent-id"), ctx.tenant_id)
         return ctx
 
     def agent_id(self, value: str | None, tenant_id: str | None) -> str | None:

@@ -1,7 +1,9 @@
-"""API tokens for `--auth token` (Prefect Cloud behaviour): stored as sha256, scoped RUNNER, USER or ADMIN.
+"""API tokens for `--auth token` (Prefect Cloud behaviour): stored as sha256, scoped FLOW_RUN, RUNNER, USER
+or ADMIN.
 
-A token is shown once, by `local-agent-server token create`; only its hash is stored, so a leaked database
-does not leak credentials, and a token never reaches a log line. Only ADMIN tokens may create tenants.
+A token is shown once, by `local-agent-server token create` (or `create_flow_run_token` for a FLOW_RUN token,
+see `server.run_tokens`); only its hash is stored, so a leaked database does not leak credentials, and a token
+never reaches a log line. Only ADMIN tokens may create tenants.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from server import db
+from server import db, run_tokens
 from server.context import SCOPES
 from server.request_limits import ByteLRU
 
@@ -24,8 +27,12 @@ MAX_TOKEN_CHARS = 512  # ours are 47; anything far longer is not worth hashing
 
 @dataclass(frozen=True)
 class Identity:
+    """Who a token is; a FLOW_RUN token also names its run and until when it is known to be valid."""
+
     tenant_id: str
     scope: str
+    flow_run_id: str | None = None
+    valid_until: datetime | None = None
 
 
 def hash_token(token: str) -> str:
@@ -41,14 +48,23 @@ def bearer(header: str | None) -> str | None:
     return value if kind.lower() == "bearer" and value else None
 
 
-def authenticate(engine: Engine, token: str) -> Identity | None:
-    """The token's identity; a token that is not printable ASCII (raw header bytes) is simply invalid."""
+def authenticate(engine: Engine, token: str, grace_s: float = 60.0) -> Identity | None:
+    """The token's identity; a token that is not printable ASCII (raw header bytes) is simply invalid.
+
+    A FLOW_RUN token is valid only while `run_tokens.live_until` says so (its run, grace, lifetime).
+    """
     if len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.isprintable():
         return None
+    t = db.api_token
     with db.read_tx(engine) as conn:
-        row = conn.execute(select(db.api_token.c.tenant_id, db.api_token.c.scope).where(
-            db.api_token.c.token_hash == hash_token(token))).first()
-    return None if row is None else Identity(row.tenant_id, row.scope)
+        columns = (t.c.tenant_id, t.c.scope, t.c.flow_run_id, t.c.expires_at, t.c.created)
+        row = conn.execute(select(*columns).where(t.c.token_hash == hash_token(token))).first()
+        if row is None:
+            return None
+        if row.scope != run_tokens.SCOPE:
+            return Identity(row.tenant_id, row.scope)
+        until = run_tokens.live_until(conn, row, grace_s, db.utcnow()) if row.flow_run_id else None
+    return None if until is None else Identity(row.tenant_id, row.scope, row.flow_run_id, until)
 
 
 class IdentityCache:
@@ -60,8 +76,8 @@ class IdentityCache:
 
     ENTRY_BYTES = 256
 
-    def __init__(self, ttl_s: float, max_entries: int = 4096) -> None:
-        self.ttl_s = ttl_s
+    def __init__(self, ttl_s: float, max_entries: int = 4096, grace_s: float = 60.0) -> None:
+        self.ttl_s, self.grace_s = ttl_s, grace_s
         size = max_entries * self.ENTRY_BYTES
         self._cache: ByteLRU[tuple[Identity, float]] = ByteLRU(size, self.ENTRY_BYTES)
 
@@ -78,9 +94,12 @@ class IdentityCache:
         identity = self.cached(token)
         if identity is not None:
             return identity
-        identity = authenticate(engine, token)
+        identity = authenticate(engine, token, self.grace_s)
         if identity is not None and self.ttl_s > 0:
-            self._cache.put(self._key(token), (identity, time.monotonic() + self.ttl_s), self.ENTRY_BYTES)
+            ttl = self.ttl_s
+            if identity.valid_until is not None:  # never cached past a FLOW_RUN token's known end
+                ttl = min(ttl, (identity.valid_until - db.utcnow()).total_seconds())
+            self._cache.put(self._key(token), (identity, time.monotonic() + ttl), self.ENTRY_BYTES)
         return identity
 
     @staticmethod
@@ -115,6 +134,8 @@ def create_tenant(engine: Engine, name: str, slug: str) -> str:
 
 def create_token(engine: Engine, scope: str, name: str, tenant_slug: str | None = None) -> str:
     """Create a token in the named tenant (default: the first one) and return it - the only time it exists."""
+    if scope == run_tokens.SCOPE:
+        raise ValueError("FLOW_RUN tokens are minted for one flow run by the create_flow_run_token mutation")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -130,3 +151,12 @@ def create_token(engine: Engine, scope: str, name: str, tenant_slug: str | None 
             id=db.new_id(), tenant_id=tenant_id, name=name, scope=scope, token_hash=hash_token(token),
             created=db.utcnow()))
     return token
+
+
+def create_flow_run_token(engine: Engine, flow_run_id: str, tenant_scope: ColumnElement[bool],
+                          max_lifetime_s: float) -> run_tokens.Minted:
+    """A new FLOW_RUN token for a run of the caller's tenant; returned once, stored as its hash."""
+    token = run_tokens.new_token()
+    with db.write_tx(engine) as conn:
+        expires_at = run_tokens.mint(conn, flow_run_id, tenant_scope, max_lifetime_s, hash_token(token))
+    return run_tokens.Minted(token, expires_at)

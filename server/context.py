@@ -6,14 +6,15 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Connection, Engine, FromClause, true
+from sqlalchemy import ColumnElement, Connection, Engine, FromClause, and_, true
 
-from server import db
+from server import db, run_scope
 from server.errors import ForbiddenError
 from server.events import QueueEvents
 from server.settings import ServerSettings
 
-SCOPES = ("RUNNER", "USER", "ADMIN")  # each may do everything the ones before it may
+# Ordered: each may do everything the ones before it may, except that FLOW_RUN is also limited to its run.
+SCOPES = ("FLOW_RUN", "RUNNER", "USER", "ADMIN")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class RequestContext:
 
     `tenant_id` is set in token mode (every query is then scoped to it) and None with `--auth none`, where the
     API is unscoped like Prefect Server. `scope` is None with `--auth none` (everything allowed).
+    `flow_run_id` is set for a FLOW_RUN token: then `server.run_scope` limits every root field and every
+    row to that one run.
     """
 
     services: Services
@@ -38,6 +41,7 @@ class RequestContext:
     scope: str | None = None
     agent_id: str | None = None
     core_version: str | None = None
+    flow_run_id: str | None = None
     share_reads: bool = False
     _stack: ExitStack = field(default_factory=ExitStack)
     _conn: Connection | None = None
@@ -76,10 +80,12 @@ class RequestContext:
         )
 
     def scoped(self, source: FromClause) -> ColumnElement[bool]:
-        """The tenant condition for a table (or alias) that has a tenant_id column."""
-        if self.tenant_id is None or "tenant_id" not in source.c:
-            return true()
-        return source.c.tenant_id == self.tenant_id
+        """The tenant condition for a table (or alias) that has a tenant_id column, and the run's."""
+        tenant = (true() if self.tenant_id is None or "tenant_id" not in source.c
+                  else source.c.tenant_id == self.tenant_id)
+        if self.flow_run_id is None:
+            return tenant
+        return and_(tenant, run_scope.row_condition(source, self.flow_run_id))
 
     def tenant_for(self, requested: str | None) -> str | None:
         """The tenant an action works in: the token's, else the one the client named (another: FORBIDDEN)."""

@@ -94,6 +94,9 @@ api_token = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("last_used", UTCDateTime),
     _created(),
+    # FLOW_RUN tokens only: the one flow run the token is for, and its maximum lifetime.
+    Column("flow_run_id", Id),
+    Column("expires_at", UTCDateTime),
 )
 
 project = Table(
@@ -344,9 +347,16 @@ def _add_flow_ready(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE flow ADD COLUMN ready BOOLEAN NOT NULL DEFAULT TRUE")
 
 
+def _add_run_token_columns(conn: Connection) -> None:
+    """Nullable columns, so every existing token stays what it was (a tenant-wide token)."""
+    for name in ("flow_run_id", "expires_at"):
+        column_type = api_token.c[name].type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE api_token ADD COLUMN {name} {column_type}")
+
+
 # Append (version, step) pairs here; never edit a released step. Version 1 is the first release's schema.
-MIGRATIONS: list[tuple[int, Migration]] = [(2, _add_flow_ready)]
-LATEST_VERSION = 2
+MIGRATIONS: list[tuple[int, Migration]] = [(2, _add_flow_ready), (3, _add_run_token_columns)]
+LATEST_VERSION = 3
 
 
 def current_version(conn: Connection) -> int:

@@ -1,4 +1,8 @@
-"""The executable schema: `schema.graphql` + scalar coercion + resolvers (+ scope checks)."""
+"""The executable schema: `schema.graphql` + scalar coercion + resolvers (+ scope checks).
+
+Every root field of Query and Mutation - also one added later without a thought for FLOW_RUN tokens - goes
+through `run_scope.check_root_field` first, so such a token can use only what that module allows.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ from graphql import (
     StringValueNode,
     ValueNode,
     build_schema,
+    default_field_resolver,
     value_from_ast_untyped,
 )
 
+from server import run_scope
 from server.resolvers import RESOLVERS, USER_ONLY
 from server.states import parse_time
 
@@ -91,6 +97,15 @@ def _user_only(name: str, resolve: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _run_scoped(name: str, resolve: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(resolve)
+    def guarded(obj: Any, info: GraphQLResolveInfo, **args: Any) -> Any:
+        run_scope.check_root_field(info.context, name, args)
+        return resolve(obj, info, **args)
+
+    return guarded
+
+
 def build() -> GraphQLSchema:
     schema = build_schema(files("server").joinpath("schema.graphql").read_text(encoding="utf-8"))
     _configure_scalars(schema)
@@ -99,4 +114,8 @@ def build() -> GraphQLSchema:
         owner = schema.type_map[type_name]
         assert isinstance(owner, GraphQLObjectType), key
         owner.fields[field_name].resolve = _user_only(key, resolve) if key in USER_ONLY else resolve
+    for root in (schema.query_type, schema.mutation_type):
+        assert root is not None
+        for field_name, field in root.fields.items():
+            field.resolve = _run_scoped(field_name, field.resolve or default_field_resolver)
     return schema

@@ -74,3 +74,7 @@ class ServerSettings(BaseSettings):
     document_cache_bytes: int = Field(256 * 1024, ge=0)
     document_cache_max_query_bytes: int = Field(16 * 1024, ge=0)
     token_cache_ttl_s: float = Field(5.0, ge=0)
+    # FLOW_RUN tokens (one flow run each): dead once their run has been finished for the grace period (the
+    # last task states and logs still arrive), or after the maximum lifetime, whichever comes first.
+    flow_run_token_grace_s: float = Field(60.0, ge=0)
+    flow_run_token_max_lifetime_s: float = Field(72 * 3600.0, gt=0)

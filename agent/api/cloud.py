@@ -27,9 +27,13 @@ from agent.version import __version__
 
 
 class ApiError(Exception):
-    """The backend answered with an error that retrying will not fix."""
+    """The backend answered with an error that retrying will not fix; `codes`: its GraphQL error codes."""
 
     api_error_kind = "other"  # the `kind` label of local_agent_api_errors_total
+
+    def __init__(self, message: str, codes: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.codes = codes
 
 
 class TransientApiError(ApiError):
@@ -60,14 +64,14 @@ def classify_errors(errors: list[dict[str, Any]]) -> ApiError:
     """Map a GraphQL `errors` list to our error tree, by the same substrings the Prefect client matches."""
     text = str(errors)
     message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
-    codes = {str((e.get("extensions") or {}).get("code")) for e in errors if isinstance(e, dict)}
+    codes = frozenset(str((e.get("extensions") or {}).get("code")) for e in errors if isinstance(e, dict))
     if "UNAUTHENTICATED" in text or "Malformed Authorization header" in text or "FORBIDDEN" in codes:
-        return AuthenticationError(message)
+        return AuthenticationError(message, codes)
     if "VERSION_LOCKING_ERROR" in codes or "State update failed" in text:
-        return StateUpdateFailed(message)
+        return StateUpdateFailed(message, codes)
     if "API_ERROR" in text:
-        return TransientApiError(message)
-    return ApiError(message)
+        return TransientApiError(message, codes)
+    return ApiError(message, codes)
 
 
 def classify_exception(exc: BaseException) -> ApiError:
@@ -243,8 +247,27 @@ class CloudClient:
         return [o for o in outcomes if isinstance(o, dict)]
 
     async def set_task_run_state(self, task_run_id: str, state: dict[str, Any], version: int | None) -> None:
-        entry = {"task_run_id": task_run_id, "version": version, "state": state}
-        await self._execute("set_task_run_states", {"input": {"states": [entry]}})
+        await self.set_task_run_states([(task_run_id, state, version)])
+
+    async def set_task_run_states(self, states: list[tuple[str, dict[str, Any], int | None]]) -> None:
+        """(task run id, state, version) each, in one request."""
+        entries = [{"task_run_id": task_run_id, "version": version, "state": state}
+                   for task_run_id, state, version in states]
+        await self._execute("set_task_run_states", {"input": {"states": entries}})
+
+    async def create_flow_run_token(self, flow_run_id: str) -> str:
+        """A FLOW_RUN token for this run's container only (capability `flow_run_tokens`); never logged."""
+        data = await self._execute("create_flow_run_token", {"input": {"flow_run_id": flow_run_id}})
+        token = (data.get("create_flow_run_token") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise ApiError("the API minted no flow-run token")
+        return token
+
+    async def running_task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """`id` and `version` of the run's task runs in Running (an infrastructure death leaves them so)."""
+        data = await self._execute("running_task_runs", {"flow_run_id": flow_run_id})
+        rows: list[dict[str, Any]] = data.get("task_run") or []
+        return rows
 
     @staticmethod
     def _masked_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ that returns more (or a newer Prefect that adds storage fields) never breaks par
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,49 @@ PREFECT_WIRE_VERSION = "1.4.1"
 DOCKER_RUN_CONFIGS = frozenset({"DockerRun", "UniversalRun"})
 # The key, in a Submitted state's `context`, naming the Docker host whose agent claimed the run (reconcile).
 AGENT_HOST_KEY = "agent_host"
+# Keys, in a Scheduled state's `context`, carrying a run's launch attempts across infrastructure deaths.
+ATTEMPT_KEY = "local_agent_attempt"
+INFRA_HISTORY_KEY = "local_agent_infra_history"
+MAX_HISTORY, MAX_CAUSE_CHARS = 20, 400  # bounds on what a state (anyone may write one) makes us carry
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """Which launch of a run this is, and what ended each earlier one (infrastructure deaths only)."""
+
+    number: int = 1
+    history: tuple[str, ...] = ()
+
+    def context(self) -> dict[str, Any]:
+        if self.number == 1 and not self.history:
+            return {}
+        return {ATTEMPT_KEY: self.number, INFRA_HISTORY_KEY: list(self.history)}
+
+    def after(self, cause: str) -> Attempts:
+        """The next attempt, once this one ended by `cause`."""
+        history = (*self.history, f"attempt {self.number}: {cause[:MAX_CAUSE_CHARS]}")
+        return Attempts(self.number + 1, history[-MAX_HISTORY:])
+
+
+def attempts_of(serialized: dict[str, Any] | None) -> Attempts:
+    """From a Scheduled state we wrote, or the one a Submitted state wraps; attempt 1 without a record."""
+    state = serialized or {}
+    wrapped = state.get("state")
+    for candidate in (state, wrapped if isinstance(wrapped, dict) else {}):
+        context = candidate.get("context")
+        if isinstance(context, dict) and ATTEMPT_KEY in context:
+            return parse_attempts(context.get(ATTEMPT_KEY), context.get(INFRA_HISTORY_KEY))
+    return Attempts()
+
+
+def parse_attempts(number: Any, history: Any) -> Attempts:
+    """Lenient: whatever is not a sane count or list of strings reads as a first attempt's."""
+    try:
+        count = int(number)
+    except (TypeError, ValueError):
+        return Attempts()
+    causes = [str(c)[:MAX_CAUSE_CHARS] for c in history] if isinstance(history, list) else []
+    return Attempts(count, tuple(causes[-MAX_HISTORY:])) if 1 <= count <= 1_000 else Attempts()
 
 
 class Flow(BaseModel):
@@ -138,10 +182,14 @@ def claimed_on(serialized: dict[str, Any] | None) -> str | None:
     return host if isinstance(host, str) and host else None
 
 
+def pending_state(message: str) -> dict[str, Any]:
+    return _state("Pending", message)
+
+
 def failed_state(message: str) -> dict[str, Any]:
     return _state("Failed", message)
 
 
-def scheduled_state(message: str, start_time: str) -> dict[str, Any]:
-    """Puts a claimed run back in the queue (the agent could not reach its own Docker daemon)."""
-    return _state("Scheduled", message, start_time=start_time)
+def scheduled_state(message: str, start_time: str, attempts: Attempts | None = None) -> dict[str, Any]:
+    """Puts a claimed run back in the queue; `attempts` go along in its context (infrastructure deaths)."""
+    return _state("Scheduled", message, (attempts or Attempts()).context(), start_time=start_time)

@@ -15,8 +15,8 @@ from typing import Any
 
 from loguru import logger
 
-from agent.api.cloud import ApiError, CloudClient, StateUpdateFailed
-from agent.api.models import FlowRun, failed_state, iso_now, scheduled_state, submitted_state
+from agent.api.cloud import ApiError, CloudClient, StateUpdateFailed, TransientApiError
+from agent.api.models import FlowRun, attempts_of, failed_state, iso_now, scheduled_state, submitted_state
 from agent.launch.admission import Admission
 from agent.launch.claims import ClaimBatcher, ClaimWithdrawn
 from agent.launch.heartbeats import run_heartbeats
@@ -33,6 +33,7 @@ from agent.launch.plan import (
 from agent.launch.plan import should_pull as policy_says_pull
 from agent.launch.prelaunch import PREPARE_LEAD_S, ImagePresence
 from agent.launch.run_logs import RunLogBuffer
+from agent.launch.run_tokens import RunGone, RunTokens
 from agent.ops.metrics import METRICS
 from agent.policy.rules import Policy, PolicyDenied
 from agent.runtime import registry_auth
@@ -73,6 +74,8 @@ class Deployer:
         self.images = ImagePresence(runtime)
         self.pull_policy: PullPolicy = pull_policy(settings)
         self.run_policy = Policy.from_settings(settings)
+        self.run_tokens = RunTokens(cloud, mint=session.run_tokens, agent_token=settings.token)
+        self._recorded: dict[str, str] = {}  # run id -> the container its launch in flight recorded
 
     async def deploy(self, run: FlowRun) -> None:
         """The whole pipeline for `run`; never raises (every outcome is logged or reported)."""
@@ -88,6 +91,7 @@ class Deployer:
                                                               self.settings.heartbeat_interval):
                     await self.launch_claimed(run)
             finally:
+                self._recorded.pop(run.id, None)
                 await self.admission.release(run.id)
 
     async def close(self) -> None:
@@ -147,9 +151,14 @@ class Deployer:
         """Launch, then report. What the run did wrong fails it; what the engine did wrong never does: an
         unreachable engine puts the run back in the queue at once, a transient engine error (a 5xx, a
         sandbox race at create or start) is retried in place, then the run goes back to the queue."""
+        try:
+            token = await self.run_tokens.for_run(run.id)
+        except (RunGone, ApiError) as exc:
+            await self._not_launched(run, exc)
+            return
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
-                result = await self._launch_once(run)
+                result = await self._launch_once(run, token)
             except DockerUnavailable as exc:
                 self.admission.engine_down(exc)
                 await self.requeue(run, f"its Docker daemon was unreachable ({exc.reason})",
@@ -168,6 +177,16 @@ class Deployer:
             await self.report(run, result)
             return
 
+    async def _not_launched(self, run: FlowRun, exc: Exception) -> None:
+        """No token for the run's container: gone runs are dropped, the API's absence requeues, a refusal
+        fails the run (with the agent's own token it would be launched with more power than it may have)."""
+        if isinstance(exc, RunGone):
+            logger.info("flow run {id} ended before its launch; not launched: {error}", id=run.id, error=exc)
+        elif isinstance(exc, TransientApiError):
+            await self.requeue(run, f"no token for its container could be minted ({exc})", "api_unavailable")
+        else:
+            await self.fail(run, f"The API refused a token for this run's container: {exc}")
+
     async def _retry_later(self, run: FlowRun, exc: Exception, attempt: int) -> bool:
         """Back off before the next attempt; False when the agent stops meanwhile."""
         delay = TRANSIENT_BACKOFF_S * 2 ** (attempt - 1)
@@ -175,9 +194,9 @@ class Deployer:
                        "{d:g}s: {error}", id=run.id, n=attempt, total=TRANSIENT_ATTEMPTS, d=delay, error=exc)
         return await self.stop.sleep(delay)
 
-    async def _launch_once(self, run: FlowRun) -> LaunchResult:
+    async def _launch_once(self, run: FlowRun, token: str | None) -> LaunchResult:
         image = resolve_image(run)
-        plan = await self.plan(run, image)
+        plan = await self.plan(run, image, token)
         await self.ensure_image(run, image)
         await self.ensure_volumes(plan)
         spec = plan.spec
@@ -188,12 +207,24 @@ class Deployer:
 
     async def launch_container(self, run: FlowRun, image: str, spec: ContainerSpec) -> LaunchResult:
         """Create + start; an image gone since it was seen (`ImagePresence`) gets the pull policy again."""
+
+        async def record(container_id: str) -> None:
+            """The launch's record, written before the container starts: no kill of the agent loses it.
+            A flush sends every line waiting, so the launches of a burst share their requests."""
+            before = self._recorded.get(run.id)
+            message = (f"Submitted for execution: Container ID: {container_id}" if before is None else
+                       f"Resubmitted for execution after an engine error (container {before[:12]} did not "
+                       f"start): Container ID: {container_id}")
+            self._recorded[run.id] = container_id
+            self.run_logs.add(run.id, self.identity.agent_name, message, "INFO")
+            await self.run_logs.flush()
+
         try:
-            return await self.runtime.launch(spec, replace_exited=True)
+            return await self.runtime.launch(spec, replace_exited=True, before_start=record)
         except ImageNotFound:
             self.images.forget(image)
             await self.ensure_image(run, image)
-            return await self.runtime.launch(spec, replace_exited=True)
+            return await self.runtime.launch(spec, replace_exited=True, before_start=record)
 
     async def ensure_image(self, run: FlowRun, image: str) -> None:
         """Apply the pull policy; pulls happen here, in the run's own task, never in the poll loop."""
@@ -230,10 +261,10 @@ class Deployer:
         secret = self.settings.registry_credentials
         return secret.get_secret_value() if secret else None
 
-    async def plan(self, run: FlowRun, image: str) -> ContainerPlan:
+    async def plan(self, run: FlowRun, image: str, token: str | None) -> ContainerPlan:
         """The policy's image allow-list (at every launch, pull or not), then the container plan."""
         self.run_policy.check_image(image)
-        plan = plan_container(run, image, self.settings, self.identity, self.run_policy)
+        plan = plan_container(run, image, self.settings, self.identity, self.run_policy, token)
         for notice in plan.notices:
             logger.warning("flow run {id}: {notice}", id=run.id, notice=notice)
             self.run_logs.add(run.id, self.identity.agent_name, notice, "WARNING")
@@ -247,22 +278,13 @@ class Deployer:
 
     async def report(self, run: FlowRun, result: LaunchResult) -> None:
         self.on_launched(run, result)  # the watcher follows the container from here
-        if not result.created:
-            logger.warning(
-                "flow run {id}: container {cid} already existed; not starting a second one",
-                id=run.id,
-                cid=result.container_id[:12],
-            )
+        if not result.started:
+            logger.warning("flow run {id}: container {cid} was already started; not starting a second one",
+                           id=run.id, cid=result.container_id[:12])
             return
         METRICS.runs_launched.inc()
-        logger.info(
-            "flow run {id} ({flow}) submitted: container {cid}",
-            id=run.id,
-            flow=run.flow.name,
-            cid=result.container_id[:12],
-        )
-        message = f"Submitted for execution: Container ID: {result.container_id}"
-        self.run_logs.add(run.id, self.identity.agent_name, message, "INFO")  # batched, 1 s
+        logger.info("flow run {id} ({flow}) submitted: container {cid}", id=run.id, flow=run.flow.name,
+                    cid=result.container_id[:12])
 
     async def fail(self, run: FlowRun, message: str) -> None:
         """ERROR run log + Failed state; version None, as a stale one is refused under locking (§4.3)."""
@@ -284,7 +306,8 @@ class Deployer:
         except ApiError as exc:
             logger.warning("flow run {id}: run log not written: {error}", id=run.id, error=exc)
         try:
-            await self.cloud.set_flow_run_state(run.id, scheduled_state(message, iso_now()), None)
+            back = scheduled_state(message, iso_now(), attempts_of(run.serialized_state))  # the count goes on
+            await self.cloud.set_flow_run_state(run.id, back, None)
         except ApiError as api_exc:
             logger.error("flow run {id}: could not reschedule: {error}", id=run.id, error=api_exc)
             return

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
-from agent.api.models import DOCKER_RUN_CONFIGS, FlowRun
+from agent.api.models import DOCKER_RUN_CONFIGS, Attempts, FlowRun, attempts_of, parse_attempts
 from agent.policy.agent_options import agent_options
 from agent.policy.container_options import apply_run_config
 from agent.policy.options import Decision
@@ -30,6 +32,9 @@ LABEL_FLOW_ID = "io.prefect.flow-id"
 LABEL_FLOW_NAME = "io.prefect.flow-name"
 LABEL_AGENT = "io.local-agent.agent"
 LABEL_FLOW_RUN_NAME = "io.local-agent.flow-run-name"  # `--show-flow-logs` prefix after a restart
+# Which launch of the run a container is, and what ended the earlier ones (`Attempts`: infrastructure deaths).
+LABEL_ATTEMPT = "io.local-agent.attempt"
+LABEL_INFRA_HISTORY = "io.local-agent.infra-history"
 FLOW_RUNNER = "prefect.engine.cloud.CloudFlowRunner"
 TASK_RUNNER = "prefect.engine.cloud.CloudTaskRunner"
 
@@ -154,8 +159,10 @@ def flow_api_url(api: str, override: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def build_env(run: FlowRun, image: str, settings: Settings, identity: Identity) -> dict[str, str]:
-    """The flow container's env, in DockerAgent.populate_env_vars order (§2.4): later steps win."""
+def build_env(run: FlowRun, image: str, settings: Settings, identity: Identity,
+              run_token: str | None = None) -> dict[str, str]:
+    """The flow container's env, in DockerAgent.populate_env_vars order (§2.4): later steps win.
+    `run_token`: the run's own FLOW_RUN token, given instead of the agent's (`agent.launch.run_tokens`)."""
     env: dict[str, str] = {
         "PREFECT__CLOUD__API": identity.flow_api_url,
         "PREFECT__LOGGING__LEVEL": settings.flow_log_level,
@@ -168,7 +175,7 @@ def build_env(run: FlowRun, image: str, settings: Settings, identity: Identity) 
         and env.get("PREFECT__CLOUD__SEND_FLOW_RUN_LOGS", "true").lower() != "false"
     )
     env["PREFECT__CLOUD__SEND_FLOW_RUN_LOGS"] = str(send_logs).lower()
-    token = settings.token or ""
+    token = run_token or settings.token or ""
     env.update(
         {
             "PREFECT__BACKEND": settings.backend,
@@ -197,7 +204,24 @@ def container_labels(run: FlowRun, agent_name: str, extra: dict[str, str] | None
         LABEL_FLOW_NAME: run.flow.name,
         LABEL_AGENT: agent_name,
         **({LABEL_FLOW_RUN_NAME: run.name} if run.name else {}),
+        **attempt_labels(attempts_of(run.serialized_state)),
     }
+
+
+def attempt_labels(attempts: Attempts) -> dict[str, str]:
+    """A first attempt carries none: the labels of every ordinary run stay as they were."""
+    if attempts.number == 1:
+        return {}
+    return {LABEL_ATTEMPT: str(attempts.number), LABEL_INFRA_HISTORY: json.dumps(list(attempts.history))}
+
+
+def attempts_from_labels(labels: Mapping[str, str]) -> Attempts:
+    """The attempt a container was launched as (`attempt_labels`); attempt 1 without them."""
+    try:
+        history = json.loads(labels.get(LABEL_INFRA_HISTORY, "[]"))
+    except ValueError:
+        history = []
+    return parse_attempts(labels.get(LABEL_ATTEMPT, 1), history)
 
 
 @dataclass(frozen=True)
@@ -211,10 +235,13 @@ class ContainerPlan:
 
 
 def plan_container(
-    run: FlowRun, image: str, settings: Settings, identity: Identity, policy: Policy | None = None
+    run: FlowRun, image: str, settings: Settings, identity: Identity, policy: Policy | None = None,
+    run_token: str | None = None,
 ) -> ContainerPlan:
     """Agent defaults < run config (under the policy) < what the flow runner needs; raises `PolicyDenied`."""
     policy = policy or Policy.from_settings(settings)
+    run_env = (run.run_config or {}).get("env")
+    policy.check_run_env(run_env if isinstance(run_env, dict) else {})
     options = agent_options(settings, identity.networks)
     run_config = run.run_config if (run.run_config or {}).get("type") == "DockerRun" else None
     apply_run_config(options, run_config, policy)
@@ -224,7 +251,7 @@ def plan_container(
         name=container_name_for(run.id),
         image=image,
         command=flow_command(run.flow.core_version),
-        environment=build_env(run, image, settings, identity),
+        environment=build_env(run, image, settings, identity, run_token),
         labels=container_labels(run, identity.agent_name, settings.container_labels),
         extra_hosts=options.extra_hosts,
         host_config=options.host_config,

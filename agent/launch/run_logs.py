@@ -4,7 +4,10 @@ One `write_run_logs` request per launched run doubled the agent's API traffic in
 takes a list, so entries are collected and sent together: at most every `interval` seconds, at once when
 `max_entries` are waiting, and always on `close()` (a clean stop loses nothing). Each entry carries the time
 it was written, so a late flush does not reorder a run's log. Errors that precede a Failed state do not
-wait here: the pipeline flushes the buffer, then writes them directly, so the log explains the state.
+wait here: the pipeline flushes the buffer, then writes them directly, so the log explains the state. The
+"Submitted for execution" line is flushed between the container's create and its start (`flush()` sends every
+line waiting, so concurrent launches share requests); only informational lines (pulls, policy notices) can
+be lost, and only to a SIGKILL.
 
 A failed flush keeps its entries for the next one (transient API trouble), up to `max_kept`; beyond that the
 oldest are dropped with a warning: they are informational, the container runs and reports on its own.
@@ -18,7 +21,7 @@ from typing import Any
 
 from loguru import logger
 
-from agent.api.cloud import ApiError, CloudClient
+from agent.api.cloud import ApiError, CloudClient, TransientApiError
 from agent.api.models import iso_now
 
 FLUSH_INTERVAL_S = 1.0
@@ -56,13 +59,33 @@ class RunLogBuffer:
                 batch = self._entries[:self.max_entries]
                 try:
                     await self.cloud.write_run_logs(batch)
-                except ApiError as exc:
-                    self._trim()
-                    logger.warning("{n} run log line(s) not written yet: {error}", n=len(self._entries),
-                                   error=exc)
-                    return False
+                except TransientApiError as exc:
+                    return self._keep(exc)
+                except ApiError as exc:  # one line the API refuses for good (a run since deleted) must not
+                    if not await self._one_by_one(batch):  # hold back every other run's record
+                        return self._keep(exc)
+                    continue  # the batch is gone from the front: sent or dropped line by line
                 del self._entries[:len(batch)]
         return True
+
+    async def _one_by_one(self, batch: list[dict[str, Any]]) -> bool:
+        """Each line of a refused batch (the front of the buffer) alone, dropping those refused for good;
+        False when the API went away meanwhile (what was handled is removed, the rest waits)."""
+        for entry in batch:
+            try:
+                await self.cloud.write_run_logs([entry])
+            except TransientApiError:
+                return False
+            except ApiError as exc:
+                logger.warning("flow run {id}: run log line dropped, the API refuses it: {error}",
+                               id=entry["flow_run_id"], error=exc)
+            self._entries.pop(0)  # this entry: the buffer only grows at its end
+        return True
+
+    def _keep(self, exc: ApiError) -> bool:
+        self._trim()
+        logger.warning("{n} run log line(s) not written yet: {error}", n=len(self._entries), error=exc)
+        return False
 
     async def close(self) -> None:
         """Flush what is waiting (a clean stop loses nothing the API accepts) and stop the flusher."""

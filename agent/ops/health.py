@@ -58,6 +58,7 @@ class HealthState:
     last_poll_ok: float | None = None
     last_poll_error: str | None = None
     docker: EngineStatus = field(default_factory=EngineStatus)  # owned by the admission; reported here
+    live_restore: bool | None = None  # the daemon's, read at start: without it a daemon restart stops flows
 
     @classmethod
     def for_settings(cls, settings: Settings, docker: EngineStatus) -> HealthState:
@@ -85,7 +86,8 @@ class HealthState:
         since_tick = time.monotonic() - self.last_tick
         alive = self.phase != "running" or since_tick < self.liveness_window
         return alive, {"status": "ok" if alive else "stalled", "phase": self.phase,
-                       "seconds_since_loop_tick": round(since_tick, 3)}
+                       "seconds_since_loop_tick": round(since_tick, 3),
+                       "docker_live_restore": self.live_restore}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         now, reasons = time.monotonic(), []
@@ -177,11 +179,23 @@ def check(settings: Settings, ready: bool = False, timeout: float = 5.0) -> tupl
     url = f"http://{host}:{port}{READINESS_PATHS[0] if ready else LIVENESS_PATHS[0]}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own endpoint
-            return (0 if response.status == 200 else 1), f"{url}: {response.status} {response.read()!r}"
+            body = response.read()
+            return (0 if response.status == 200 else 1), f"{url}: {response.status} {body!r}{_restore(body)}"
     except urllib.error.HTTPError as exc:
         return 1, f"{url}: {exc.code} {_body(exc)}"
     except (urllib.error.URLError, OSError) as exc:
         return 1, f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def _restore(body: bytes) -> str:
+    """The daemon's live-restore, in words: without it, restarting Docker stops every running flow."""
+    try:
+        value = json.loads(body).get("docker_live_restore", "absent")
+    except (ValueError, AttributeError):
+        return ""
+    words = {True: "on", False: "off (a daemon restart stops running flows; they are resubmitted)",
+             None: "unknown"}
+    return f"; Docker live-restore: {words[value]}" if value in words else ""
 
 
 def _body(exc: urllib.error.HTTPError) -> str:

@@ -16,12 +16,14 @@ import fnmatch
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import docker.utils
 
 from agent.policy.host_paths import HostPathError, clean, resolve, under
+from agent.policy.run_env import redirecting_names
 from agent.runtime.images import DOCKER_HUB, HUB_ALIASES, names_registry, split_image
 
 if TYPE_CHECKING:
@@ -72,6 +74,9 @@ OVERRIDES: dict[str, str] = {
     "published_ports": "ports published on interfaces other than loopback (port_bindings without a "
                        "127.0.0.0/8 or ::1 HostIp, publish_all_ports), or more than 32 host ports",
     "mount_propagation": "bind propagation other than private/rprivate (binds, mounts BindOptions)",
+    "api_env": "environment variables that point the flow runner at another API, backend, credential, proxy "
+               "or flow run (agent/policy/run_env.py: PREFECT__CLOUD__API and friends, PREFECT__SERVER__*, "
+               "PREFECT__CONTEXT__CONFIG__*, Prefect's config paths, HTTP(S)_PROXY and CA bundles)",
 }
 SAFE_SECURITY_OPTS = frozenset({"no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"})
 SAFE_PROPAGATIONS = frozenset({"private", "rprivate"})
@@ -233,6 +238,15 @@ class Policy:
             f"allow-list {list(self.allowed_images)}. The operator can allow it by adding a matching glob "
             f"pattern to {IMAGES_ENV} (agent option --allowed-images)."
         )
+
+    def check_run_env(self, env: Mapping[str, object]) -> None:
+        """A run's env may not redirect its flow runner (`run_env.redirects`) unless `api_env` is allowed."""
+        if self.allows("api_env"):
+            return
+        asked = redirecting_names(env)
+        if asked:
+            raise PolicyDenied(f"The run config's env sets {', '.join(asked)}, which would point the flow "
+                               f"runner at another API, credential or flow run; {override_hint('api_env')}")
 
     def allows(self, override: str) -> bool:
         return override in self.allowed_overrides

@@ -24,21 +24,22 @@ from typing import Any
 import docker
 import docker.errors
 import docker.utils
-from loguru import logger
 
+from agent.runtime import docker_launch
 from agent.runtime.docker_clients import ClientPool, label_filters
 from agent.runtime.docker_types import (
-    FLOW_RUN_LABEL,
     ContainerCreateError,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
+    DaemonFacts,
     DockerError,
     DockerUnavailable,
     ImageNotFound,
     ImagePullError,
     LaunchResult,
     container_name_for,
+    docker_time,
     engine_error_is_transient,
     explanation,
     first_line,
@@ -82,15 +83,15 @@ class DockerRuntime:
         return self._timeout
 
     # -- plumbing
-    def _client(self) -> docker.DockerClient:
-        with self._errors("connect"):
+    def client(self) -> docker.DockerClient:
+        with self.errors("connect"):
             return self._clients.get()
 
     def _unavailable(self, exc: BaseException) -> DockerUnavailable:
         return DockerUnavailable(self._address, reason(exc, self._timeout))
 
     @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def errors(self, action: str) -> Iterator[None]:
         """Map docker-py / requests failures onto our tree: unreachable or 5xx -> DockerUnavailable."""
         try:
             yield
@@ -109,19 +110,23 @@ class DockerRuntime:
 
     # -- daemon
     def ping(self) -> None:
-        """Raise `DockerUnavailable` unless the daemon answers `/_ping`."""
-        with self._errors("ping"):
-            self._client().api.ping()
-
-    def version(self) -> dict[str, Any]:
-        """The daemon's `docker version` payload (Version, ApiVersion, Os, Arch, ...)."""
-        with self._errors("read the version"):
-            return dict(self._client().version())
+        """Raise `DockerUnavailable` unless the daemon answers `/_ping` on a new connection (a stopping
+        daemon still answers on old ones)."""
+        with self.errors("ping"), self._clients.fresh() as api:
+            api.ping()
 
     def info(self) -> dict[str, Any]:
         """The daemon's `docker info` payload (ID, Name, ...): `ID` identifies the Docker host."""
-        with self._errors("read the daemon info"):
-            return dict(self._client().info())
+        with self.errors("read the daemon info"):
+            return dict(self.client().info())
+
+    def daemon_facts(self) -> DaemonFacts:
+        """Docker reports no start time, but dockerd recreates its default `bridge` network at every start:
+        that network's creation time is the daemon's (unknown without one: `--bridge=none`)."""
+        with self.errors("read the daemon's facts"), self._clients.fresh() as api:  # not a stopping one's
+            networks = api.networks(names=["bridge"])  # a name filter matches parts of names too
+            created = next((n.get("Created") for n in networks if n.get("Name") == "bridge"), None)
+            return DaemonFacts(docker_time(created), api.info().get("LiveRestoreEnabled"))
 
     # -- images
     def image_present(self, image: str) -> bool:
@@ -129,9 +134,9 @@ class DockerRuntime:
 
     def image_id(self, image: str) -> str | None:
         """Local image id (`sha256:...`) of `image`, or None when it is not on this host."""
-        with self._errors("inspect an image"):
+        with self.errors("inspect an image"):
             try:
-                attrs: dict[str, Any] = self._client().api.inspect_image(image)  # type: ignore[no-untyped-call]
+                attrs: dict[str, Any] = self.client().api.inspect_image(image)  # type: ignore[no-untyped-call]
                 return str(attrs["Id"])
             except docker.errors.NotFound:
                 return None
@@ -139,9 +144,9 @@ class DockerRuntime:
     def image_digest(self, image: str) -> str | None:
         """The registry digest (`repo@sha256:...`) of the local `image`, for the run log; None if unknown."""
         repository, _ = split_image(image)
-        with self._errors("inspect an image"):
+        with self.errors("inspect an image"):
             try:
-                attrs: dict[str, Any] = self._client().api.inspect_image(image)  # type: ignore[no-untyped-call]
+                attrs: dict[str, Any] = self.client().api.inspect_image(image)  # type: ignore[no-untyped-call]
                 digests: list[str] = attrs.get("RepoDigests") or []
             except docker.errors.NotFound:
                 return None
@@ -172,7 +177,7 @@ class DockerRuntime:
               auth_config: dict[str, Any] | None, timeout: float | None, stall_timeout: float) -> str:
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            response, events = open_pull(self._client().api, image, auth_config, self._timeout, stall_timeout)
+            response, events = open_pull(self.client().api, image, auth_config, self._timeout, stall_timeout)
             try:
                 error = follow_pull(events, PullProgress(image), emit, interval=interval, deadline=deadline)
             finally:
@@ -197,45 +202,22 @@ class DockerRuntime:
         return found
 
     # -- containers
-    def launch(self, spec: ContainerSpec, *, replace_exited: bool = False) -> LaunchResult:
-        """Create, connect and start the container of `spec` (never `containers.run`).
-
-        A name conflict means this run was launched before (names derive from the run id): the existing
-        container is adopted (`created=False`) and started only if it never was, e.g. after an agent
-        crash between create and start. An adopted container that already finished is returned as is
-        (`status="exited"`), or, with `replace_exited=True` (a new attempt of the same flow run, e.g. a
-        Lazarus reschedule), removed and replaced. A container that cannot be connected or started is
-        removed and `ContainerCreateError` carries Docker's message. On timeouts nothing is removed: the
-        container may well be running, and the retry adopts it.
-        """
-        client = self._client()
-        for _ in range(3):  # the holder of the name may vanish between our create and our lookup
-            try:
-                container_id = self.create(spec)
-            except ContainerCreateError as exc:
-                if exc.status_code != 409:  # 409: the name is taken, by an earlier launch of this run
-                    raise
-                adopted = self._adopt(client, spec, replace_exited)
-                if adopted is not None:
-                    return adopted
-                continue
-            self._start(client, container_id, spec, spec.networks[1:])
-            logger.debug("started container {name} ({id})", name=spec.name, id=container_id[:12])
-            return LaunchResult(container_id, created=True)
-        raise ContainerCreateError(f"container name {spec.name} is in use but its holder keeps disappearing",
-                                   status_code=409, transient=True)
+    def launch(self, spec: ContainerSpec, *, replace_exited: bool = False,
+               before_start: Callable[[str], None] | None = None) -> LaunchResult:
+        """Create and start `spec`'s container, adopting one of the same name (`docker_launch.launch`)."""
+        return docker_launch.launch(self, spec, replace_exited, before_start)
 
     def create(self, spec: ContainerSpec) -> str:
         """Create (never start) `spec`'s container; a taken name is `ContainerCreateError` 409. `launch`
         creates through it, so checks of what Docker made of a spec see what a launch would run."""
-        container_id = self._create(self._client(), spec)
+        container_id = self._create(self.client(), spec)
         if container_id is None:
             raise ContainerCreateError(f"container name {spec.name} is already in use", status_code=409)
         return container_id
 
     def _create(self, client: docker.DockerClient, spec: ContainerSpec) -> str | None:
         """Create the container and return its id, or None when the name is already taken."""
-        with self._errors("create a container"):
+        with self.errors("create a container"):
             try:
                 return str(client.containers.create(**spec.create_kwargs()).id)
             except docker.errors.ImageNotFound as exc:
@@ -249,48 +231,6 @@ class DockerRuntime:
             except (TypeError, ValueError, docker.errors.InvalidArgument) as exc:  # a bad host_config kwarg
                 raise ContainerCreateError(f"invalid container configuration for {spec.name}: {exc}") from exc
 
-    def _start(self, client: docker.DockerClient, container_id: str, spec: ContainerSpec,
-               networks: list[str]) -> None:
-        api = client.api
-        with self._errors("start a container"):
-            try:
-                for network in networks:
-                    api.connect_container_to_network(container_id, network)
-                api.start(container_id)
-            except docker.errors.APIError as exc:
-                self._discard(container_id)
-                raise ContainerCreateError(
-                    f"Docker created container {spec.name} but could not start it: {explanation(exc)}",
-                    status_code=exc.status_code, transient=engine_error_is_transient(exc)) from exc
-
-    def _adopt(self, client: docker.DockerClient, spec: ContainerSpec,
-               replace_exited: bool) -> LaunchResult | None:
-        info = self.inspect(spec.name)
-        if info is None:
-            return None
-        run_id = spec.labels.get(FLOW_RUN_LABEL)
-        if run_id is not None and info.labels.get(FLOW_RUN_LABEL) != run_id:
-            raise ContainerCreateError(
-                f"container name {spec.name} is taken by container {info.id[:12]}, which does not belong to "
-                f"flow run {run_id}", status_code=409)
-        if replace_exited and info.exited:
-            logger.debug("replacing finished container {name}", name=spec.name)
-            self.remove(info.id, force=True)
-            return None
-        logger.debug("adopting existing container {name} ({status})", name=spec.name, status=info.status)
-        if info.status != "created":
-            return LaunchResult(info.id, created=False, status=info.status)
-        attrs = client.api.inspect_container(info.id)
-        joined = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
-        self._start(client, info.id, spec, [n for n in spec.networks if n not in joined])
-        return LaunchResult(info.id, created=False, status="running")
-
-    def _discard(self, container_id: str) -> None:
-        try:
-            self.remove(container_id, force=True)
-        except DockerError as exc:
-            logger.warning("could not remove failed container {id}: {error}", id=container_id[:12], error=exc)
-
     def find(self, labels: Mapping[str, str | None], *, all: bool = True,
              inspect: bool = True) -> list[ContainerInfo]:
         """Containers carrying every label in `labels` (a None value matches any value), inspected.
@@ -298,8 +238,8 @@ class DockerRuntime:
         `inspect=False` answers from the list call alone (id, name, status, labels; no exit code, OOM flag
         or times): one request instead of one per container, for callers that only need those.
         """
-        with self._errors("list containers"):
-            api = self._client().api
+        with self.errors("list containers"):
+            api = self.client().api
             summaries = api.containers(all=all, filters={"label": label_filters(labels)})
             if not inspect:
                 return [ContainerInfo.from_summary(summary) for summary in summaries]
@@ -313,18 +253,18 @@ class DockerRuntime:
 
     def count(self, labels: Mapping[str, str | None], *, all: bool = False) -> int:
         """How many containers carry `labels` (running ones unless `all`): one list call, no inspects."""
-        with self._errors("list containers"):
-            return len(self._client().api.containers(all=all, filters={"label": label_filters(labels)},
+        with self.errors("list containers"):
+            return len(self.client().api.containers(all=all, filters={"label": label_filters(labels)},
                                                      quiet=True))
 
     def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
         """Create the named volume with `labels` unless it exists (an existing one is used as is)."""
-        with self._errors("create a volume"):
+        with self.errors("create a volume"):
             try:
-                self._client().api.inspect_volume(name)
+                self.client().api.inspect_volume(name)
                 return False
             except docker.errors.NotFound:
-                self._client().api.create_volume(name, labels=dict(labels))
+                self.client().api.create_volume(name, labels=dict(labels))
                 return True
 
     def find_by_label(self, key: str, value: str | None = None, *, all: bool = True) -> list[ContainerInfo]:
@@ -333,17 +273,17 @@ class DockerRuntime:
 
     def inspect(self, container_id: str) -> ContainerInfo | None:
         """The container's state, or None when it does not exist."""
-        with self._errors("inspect a container"):
+        with self.errors("inspect a container"):
             try:
-                return ContainerInfo.from_attrs(self._client().api.inspect_container(container_id))
+                return ContainerInfo.from_attrs(self.client().api.inspect_container(container_id))
             except docker.errors.NotFound:
                 return None
 
     def logs_tail(self, container_id: str, lines: int = 50, max_chars: int = 64_000) -> str:
         """The last `lines` lines of stdout+stderr (at most `max_chars`), for run-log forensics."""
-        with self._errors("read container logs"):
+        with self.errors("read container logs"):
             try:
-                data = self._client().api.logs(container_id, stdout=True, stderr=True, tail=lines)
+                data = self.client().api.logs(container_id, stdout=True, stderr=True, tail=lines)
             except docker.errors.NotFound as exc:
                 raise ContainerNotFound(container_id) from exc
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
@@ -358,30 +298,30 @@ class DockerRuntime:
         """
         filters = {"type": ["container"], "event": list(actions),
                    "label": label_filters(labels)}
-        with self._errors("follow events"):
-            return self._client().api.events(since=since, filters=filters, decode=True)
+        with self.errors("follow events"):
+            return self.client().api.events(since=since, filters=filters, decode=True)
 
     def follow_logs(self, container_id: str, since: float | None = None) -> Any:
         """A blocking stream of the container's output chunks (`--show-flow-logs`); `close()` ends it."""
-        with self._errors("follow container logs"):
+        with self.errors("follow container logs"):
             try:
-                return self._client().api.logs(container_id, stream=True, follow=True, since=since)
+                return self.client().api.logs(container_id, stream=True, follow=True, since=since)
             except docker.errors.NotFound as exc:
                 raise ContainerNotFound(container_id) from exc
 
     def stop(self, container_id: str, timeout: float) -> None:
         """SIGTERM (or the STOPSIGNAL), then SIGKILL after `timeout` s; a missing container is fine."""
-        with self._errors("stop a container"):
+        with self.errors("stop a container"):
             try:
-                self._client().api.stop(container_id, timeout=max(0, math.ceil(timeout)))
+                self.client().api.stop(container_id, timeout=max(0, math.ceil(timeout)))
             except docker.errors.NotFound:
                 return
 
     def remove(self, container_id: str, force: bool = False) -> None:
         """Remove the container and its anonymous volumes; idempotent (missing or already going is fine)."""
-        with self._errors("remove a container"):
+        with self.errors("remove a container"):
             try:
-                self._client().api.remove_container(container_id, v=True, force=force)
+                self.client().api.remove_container(container_id, v=True, force=force)
             except docker.errors.NotFound:
                 return
             except docker.errors.APIError as exc:

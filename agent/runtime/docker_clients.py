@@ -8,7 +8,8 @@ version is negotiated once and reused for later clients.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import docker
@@ -67,6 +68,19 @@ class ClientPool:
                 self._clients.append(client)
             self._local.client = client
         return client
+
+    @contextmanager
+    def fresh(self) -> Iterator[docker.APIClient]:
+        """A low-level client of its own on a new connection, closed after use. A daemon that begins to stop
+        closes its socket but still answers on the connections it has (with its old facts): only a new
+        connection tells. The API version is negotiated once, as for the pooled clients."""
+        client = docker.APIClient(timeout=self.timeout,  # type: ignore[arg-type]  # floats work
+                                  version=self._api_version, **self.params)
+        self._api_version = client.api_version
+        try:
+            yield client
+        finally:
+            client.close()
 
     def close(self) -> None:
         """Close every per-thread client; they are created again on next use."""

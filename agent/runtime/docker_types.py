@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
@@ -221,10 +222,19 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class DaemonFacts:
+    """What the engine says about itself that decides whether a container's death was the engine's doing."""
+
+    started_at: datetime | None  # when the running daemon started; None when it cannot tell
+    live_restore: bool | None  # containers survive a daemon restart; None when unknown
+
+
+@dataclass(frozen=True)
 class LaunchResult:
     container_id: str
     created: bool  # False: a container with this name already existed and was adopted, not started twice
     status: str = "running"  # container status after launch; an adopted one may already be "exited"
+    started: bool = False  # this launch started it (created now, or adopted as created but never started)
 
 
 @dataclass(frozen=True)
@@ -290,6 +300,17 @@ class ContainerInfo:
 
 def _time_or_none(value: str | None) -> str | None:
     return None if not value or value == _ZERO_TIME else value
+
+
+def docker_time(value: str | None) -> datetime | None:
+    """A Docker timestamp (RFC 3339 with nanoseconds); None for Go's zero time, a missing or a garbled one."""
+    if not value or value == _ZERO_TIME:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def container_name_for(flow_run_id: str, prefix: str = "prefect") -> str:

@@ -10,19 +10,47 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, ParamSpec, TypeVar
 
 from loguru import logger
 
 from agent.ops.metrics import METRICS
 from agent.runtime.docker import DockerRuntime
-from agent.runtime.docker_types import ContainerInfo, ContainerSpec, DockerError, LaunchResult
-from agent.runtime.port import Labels, Stream
+from agent.runtime.docker_types import ContainerInfo, ContainerSpec, DaemonFacts, DockerError, LaunchResult
+from agent.runtime.port import BeforeStart, Labels, Stream
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+BEFORE_START_WAIT_S = 60.0  # a launch waits this long at most for its record before it starts anyway
+WAIT_SLICE_S = 0.5
+
+
+def _in_loop(before_start: BeforeStart, loop: asyncio.AbstractEventLoop) -> Callable[[str], None]:
+    """`before_start`, run on the agent's loop and waited for by the engine's thread that launches. The
+    launch never fails for it: its errors, and a loop that stopped running it (a forced exit), only cost
+    the record; the thread looks at the loop every half second rather than wait blind."""
+    def hook(container_id: str) -> None:
+        try:
+            future = asyncio.run_coroutine_threadsafe(before_start(container_id), loop)
+            deadline = time.monotonic() + BEFORE_START_WAIT_S
+            while True:
+                try:
+                    future.result(WAIT_SLICE_S)
+                    return
+                except FutureTimeout:
+                    if not loop.is_running() or time.monotonic() > deadline:
+                        future.cancel()
+                        raise
+        except Exception as exc:  # noqa: BLE001 - the container starts whatever happened to its record
+            logger.warning("container {id}: starting without its launch record: {error!r}",
+                           id=container_id[:12], error=exc)
+    return hook
 
 
 class DockerEngine:
@@ -69,6 +97,9 @@ class DockerEngine:
             found = None
         return str(found) if found else f"host:{socket.gethostname()}"
 
+    async def daemon_facts(self) -> DaemonFacts:
+        return await self._run(self.docker.daemon_facts)
+
     async def image_present(self, image: str) -> bool:
         return await self._run(self.docker.image_present, image)
 
@@ -83,8 +114,10 @@ class DockerEngine:
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
         return await self._run(self.docker.ensure_volume, name, labels)
 
-    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False) -> LaunchResult:
-        return await self._run(self.docker.launch, spec, replace_exited=replace_exited)
+    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False,
+                     before_start: BeforeStart | None = None) -> LaunchResult:
+        hook = None if before_start is None else _in_loop(before_start, asyncio.get_running_loop())
+        return await self._run(self.docker.launch, spec, replace_exited=replace_exited, before_start=hook)
 
     async def find(self, labels: Labels, *, all: bool = True, inspect: bool = True) -> list[ContainerInfo]:
         return await self._run(self.docker.find, labels, all=all, inspect=inspect)

@@ -14,12 +14,13 @@ is broken or the engine is away.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, Protocol
 
-from agent.runtime.docker_types import ContainerInfo, ContainerSpec, LaunchResult
+from agent.runtime.docker_types import ContainerInfo, ContainerSpec, DaemonFacts, LaunchResult
 
 Labels = Mapping[str, str | None]  # label filters: a None value matches any value
+BeforeStart = Callable[[str], Coroutine[Any, Any, None]]
 
 
 class Stream(Protocol):
@@ -45,6 +46,10 @@ class ContainerRuntime(Protocol):
         """A stable id of the engine's host, recorded in claims (restart recovery asks "claimed here?")."""
         ...
 
+    async def daemon_facts(self) -> DaemonFacts:
+        """When the engine last started and whether containers survive its restarts (`supervise.infra`)."""
+        ...
+
     async def image_present(self, image: str) -> bool: ...
 
     async def image_digest(self, image: str) -> str | None:
@@ -60,8 +65,10 @@ class ContainerRuntime(Protocol):
         """Create the named volume unless it exists; True when created."""
         ...
 
-    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False) -> LaunchResult:
-        """Create and start; a container already holding the spec's name is adopted, never started twice."""
+    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False,
+                     before_start: BeforeStart | None = None) -> LaunchResult:
+        """Create and start; a container already holding the spec's name is adopted, never started twice.
+        `before_start(container_id)` is awaited before this call starts a container (the launch record)."""
         ...
 
     async def find(self, labels: Labels, *, all: bool = True, inspect: bool = True) -> list[ContainerInfo]:

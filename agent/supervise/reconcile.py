@@ -5,13 +5,13 @@ running ones are adopted (watched, cancellable), finished ones are settled (thei
 never was), and ones that were created but never started (the agent died between create and start) are
 removed, so their run counts as "claimed, not launched".
 
-A run that is Submitted by this agent (same registered agent id) but has no container on this host and is
-not being launched by this process was claimed by an agent that died before creating its container. It is
-put back to **Scheduled** (not failed): nothing of it ever ran, so running it is exactly what the user asked
-for, and Prefect Server's own Lazarus would do the same after 10 minutes. To leave runs that another process
-is still launching alone, a run qualifies only once its heartbeat (kept fresh by `agent.launch.heartbeats`
-while a launch is in flight) is older than three heartbeat intervals. A second container for a run is
-impossible on one host anyway: its container name derives from the run id.
+A run that was Submitted by this agent (same registered agent id) before this process claimed anything, and
+has no container on this host, was claimed by an earlier process of this agent that died before creating its
+container. It is put back to **Scheduled** (not failed) at once, at start: nothing of it ever ran, so running
+it is exactly what the user asked for, and waiting for a heartbeat to go stale (Prefect Server's Lazarus: 10
+minutes) only delays it. One agent name on one Docker host is one agent: a second live process with the same
+name on the same host could see its launch in flight requeued, but never doubled (a run's container name
+derives from its id, so the relaunch adopts the container); give every process its own `NAME`.
 
 Agents with the same name and labels on two Docker hosts share one registered agent id, so the agent id does
 not say WHERE a run was claimed. Every claim therefore records the claiming Docker host (`host_id`, in the
@@ -22,13 +22,12 @@ cannot see host A's containers. Runs whose Submitted state has no marker are lef
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from loguru import logger
 
 from agent.api.cloud import ApiError, CloudClient, StateUpdateFailed
-from agent.api.models import claimed_on, iso_now, parse_time, scheduled_state
+from agent.api.models import attempts_of, claimed_on, iso_now, scheduled_state
 from agent.launch.plan import LABEL_AGENT
 from agent.ops.metrics import METRICS
 from agent.runtime.docker_types import FLOW_RUN_LABEL, ContainerInfo
@@ -86,14 +85,6 @@ async def discard_never_started(runtime: ContainerRuntime, infos: list[Container
         await runtime.remove(info.id, force=True)
 
 
-def _age_seconds(row: dict[str, Any]) -> float:
-    """Seconds since the run last showed life (heartbeat or state change), by the backend's clock."""
-    stamps = [parse_time(str(row[k])) for k in ("heartbeat", "state_timestamp") if row.get(k)]
-    if not stamps:
-        return float("inf")
-    return (datetime.now(UTC) - max(stamps)).total_seconds()
-
-
 async def submitted_ids(cloud: CloudClient, agent_id: str) -> set[str]:
     """The runs this agent id holds in Submitted, listed at start before the first claim: the candidates."""
     return {str(row["id"]) for row in await cloud.submitted_runs(agent_id)}
@@ -114,8 +105,7 @@ def _claimed_here(row: dict[str, Any], host: str) -> bool:
 
 
 async def requeue_orphans(cloud: CloudClient, runtime: ContainerRuntime, *, agent_id: str, agent_name: str,
-                          host: str, busy: set[str], stale_after: float,
-                          candidates: set[str] | None = None) -> int:
+                          host: str, busy: set[str], candidates: set[str] | None = None) -> int:
     """Put this agent's Submitted runs without a container back to Scheduled; returns how many.
 
     `candidates` (updated in place): the runs Submitted before this process claimed anything. Only those
@@ -137,22 +127,21 @@ async def requeue_orphans(cloud: CloudClient, runtime: ContainerRuntime, *, agen
             if candidates is not None:
                 candidates.discard(run_id)
             continue
-        if _age_seconds(row) < stale_after:
-            continue
         if await runtime.find({FLOW_RUN_LABEL: run_id}, inspect=False):
             continue  # it has a container (maybe another agent's, on this host): not an orphan
-        requeued += await _requeue(cloud, run_id, row.get("version"), agent_name)
+        requeued += await _requeue(cloud, row, agent_name)
         if candidates is not None:
             candidates.discard(run_id)
     return requeued
 
 
-async def _requeue(cloud: CloudClient, run_id: str, version: int | None, agent_name: str) -> int:
-    message = ORPHAN_MESSAGE.format(agent=agent_name)
+async def _requeue(cloud: CloudClient, row: dict[str, Any], agent_name: str) -> int:
+    run_id, message = str(row["id"]), ORPHAN_MESSAGE.format(agent=agent_name)
+    back = scheduled_state(message, iso_now(), attempts_of(row.get("serialized_state")))  # the count goes on
     try:
-        await cloud.set_flow_run_state(run_id, scheduled_state(message, iso_now()), version)
-    except StateUpdateFailed:
-        return 0  # it moved on meanwhile (launched elsewhere, cancelled): nothing to recover
+        await cloud.set_flow_run_state(run_id, back, row.get("version"))
+    except StateUpdateFailed:  # a backend that locks the version saw the run move on: nothing to recover
+        return 0  # (ours and Prefect Server lock no Scheduled write: the row above was read just before)
     logger.warning("flow run {id}: claimed but never launched; rescheduled", id=run_id)
     METRICS.runs_requeued.labels(reason="no_container").inc()
     try:

@@ -2,19 +2,16 @@
 
 * **Exits.** Docker's event stream (`start`/`die` of containers carrying our agent label, read in a daemon
   thread) wakes the watcher at once; a sweep every `watch_interval` lists our running containers as the
-  fallback (a missed event, a stream broken by a daemon restart). When a container exits while its run is
-  still Submitted or Running, nobody else will ever report it: the run gets one structured ERROR log (exit
-  code, OOMKilled, image and digest, container name, last 50 lines, how long the container is kept and the
-  `docker logs` command) and the Failed state. Exit code 0 is left alone: a flow runner that exits 0 without a
-  final state found the run owned elsewhere (Prefect's own double-launch guard), and failing it would kill a
-  legitimate run; the backend's zombie handling covers the rest.
+  fallback (a missed event, a stream broken by a daemon restart). What an exit means for its run (Failed
+  with the forensics, Cancelled, resubmitted, nothing) is `agent.supervise.settle`'s to record.
 * **Cancellation.** One query per interval reads the states of all watched runs. Cancelling/Cancelled with
   the container alive: SIGTERM, SIGKILL after `cancel_grace_seconds`, then Cancelled, with a run log saying
   so. A run that reached any other finished state while its container keeps running is stopped the same way
   after one grace period.
 * **Never because of Docker.** A Docker outage (`DockerUnavailable`) is reported to the agent (it stops
   claiming) and the watcher simply tries again later: it never concludes from an unreachable daemon that a
-  container is gone.
+  container is gone. A container the daemon itself stopped (a daemon restart) is not the flow's failure
+  either: its run is resubmitted (`agent.supervise.infra`).
 """
 
 from __future__ import annotations
@@ -31,10 +28,8 @@ from agent.api.cloud import ApiError, CloudClient
 from agent.api.models import (
     ACTIVE_STATES,
     CANCEL_STATES,
-    FAILABLE_STATES,
     FINISHED_STATES,
     FlowRun,
-    failed_state,
 )
 from agent.launch.admission import Admission
 from agent.launch.plan import LABEL_FLOW_NAME, LABEL_FLOW_RUN_NAME
@@ -53,9 +48,8 @@ from agent.settings import Settings, settings_secrets
 from agent.supervise import cleanup, reconcile
 from agent.supervise.events import EventFollower
 from agent.supervise.flow_logs import FlowLogStreamer
-from agent.supervise.forensics import exit_report
+from agent.supervise.settle import ExitRecorder
 
-SIGKILLED, OOM_EVENT_WAIT_S = 137, 1.0
 EVENT_BATCH_S = 0.5  # Docker events are gathered this long before they are handled
 
 
@@ -96,6 +90,7 @@ class Watcher:
         self._next_cleanup = 0.0
         self._orphans: set[str] = set()  # runs Submitted before this process claimed any (reconcile)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.exits = ExitRecorder(settings, cloud, runtime)
         self._follower = EventFollower(runtime, reconcile.agent_labels(self.agent_name), self._notify)
         show = settings.show_flow_logs
         self.flow_logs = FlowLogStreamer(runtime, settings_secrets(settings)) if show else None
@@ -176,7 +171,7 @@ class Watcher:
                 self._next_cleanup = time.monotonic() + self.settings.cleanup_interval
                 await self._guarded(self._cleanup())
 
-    async def _guarded(self, step: Awaitable[None]) -> None:
+    async def _guarded(self, step: Awaitable[object]) -> None:
         """One step of the loop; no failure may end the watcher."""
         try:
             await step
@@ -268,7 +263,7 @@ class Watcher:
                f"{grace:g}s)" if cancel else f"Flow run is {state} but its container {watched.name} kept "
                f"running for {grace:g}s: the agent stops it (SIGTERM, SIGKILL after {grace:g}s)")
         logger.info("flow run {id}: {why}", id=watched.run_id, why=why)
-        await self._run_log(watched.run_id, why, "INFO")
+        await self.exits.run_log(watched.run_id, why, "INFO")
         try:
             async with self._stops:
                 await self.runtime.stop(watched.container_id, grace)
@@ -286,48 +281,9 @@ class Watcher:
         """Record a finished container in its run (if nobody else did), then stop watching it."""
         if known is None:
             known = (await reconcile.run_states(self.cloud, [watched.run_id])).get(watched.run_id)
-        state = known.state if known is not None else None
-        if state == "Cancelling" or (stopped_by_agent and state in CANCEL_STATES):
-            await self._mark_cancelled(watched, info, state, stopped_by_agent)
-        elif state in FAILABLE_STATES and (info is None or info.exit_code != 0 or info.oom_killed):
-            await self._report_exit(watched, info, state)
-        elif state in FAILABLE_STATES:
-            logger.debug("flow run {id}: container {name} exited 0 without a final state; left to the "
-                         "flow runner and the backend", id=watched.run_id, name=watched.name)
+        await self.exits.record(watched.run_id, watched.name, info, known, stopped_by_agent=stopped_by_agent)
         self.watched.pop(watched.run_id, None)
         METRICS.containers_running.set(len(self.watched))
-
-    async def _mark_cancelled(self, watched: Watched, info: ContainerInfo | None, state: str | None,
-                              stopped_by_agent: bool) -> None:
-        code = "unknown" if info is None else info.exit_code
-        what = f"Container {watched.name} {'stopped' if stopped_by_agent else 'exited'} (exit code {code})"
-        message = f"{what}; the flow run was already {state}."
-        if state == "Cancelling":
-            message = f"{what}; flow run marked Cancelled."
-        logger.info("flow run {id}: {message}", id=watched.run_id, message=message)
-        await self._run_log(watched.run_id, message, "INFO")  # before the state: it explains the state
-        if state == "Cancelling":
-            cancelled = {**failed_state(f"Flow run cancelled: {what.lower()}"), "type": "Cancelled"}
-            await self.cloud.set_flow_run_state(watched.run_id, cancelled, None)
-
-    async def _report_exit(self, watched: Watched, info: ContainerInfo | None, state: str | None) -> None:
-        if info is not None and info.exit_code == SIGKILLED and not info.oom_killed:
-            # Docker records OOMKilled from a separate kernel event that may land just after `die`.
-            await asyncio.sleep(OOM_EVENT_WAIT_S)
-            info = await self.runtime.inspect(info.id) or info
-        summary, report = await exit_report(self.runtime, watched.name, info, state,
-                                            self.settings.keep_failed_containers_hours)
-        logger.error("flow run {id}: {summary}", id=watched.run_id, summary=summary)
-        await self.cloud.write_run_log(watched.run_id, self.agent_name, report, "ERROR")
-        await self.cloud.set_flow_run_state(watched.run_id, failed_state(summary), None)
-        reason = "oom_killed" if info is not None and info.oom_killed else "exit_code"
-        METRICS.runs_failed.labels(reason=reason).inc()
-
-    async def _run_log(self, run_id: str, message: str, level: str) -> None:
-        try:
-            await self.cloud.write_run_log(run_id, self.agent_name, message, level)
-        except ApiError as exc:
-            logger.warning("flow run {id}: run log not written: {error}", id=run_id, error=exc)
 
     # ------------------------------------------------------------------ recovery and cleanup
     async def _recover(self) -> None:
@@ -337,8 +293,10 @@ class Watcher:
         for info in found.running:
             self._add(_watched(info))
         await self._settle_unrecorded(found.finished)
+        requeued = await self._requeue_orphans()
         logger.info("restart recovery: adopted {r} running and {f} finished container(s), removed {n} never "
-                    "started", r=len(found.running), f=len(found.finished), n=len(found.never_started))
+                    "started, requeued {q} claimed but never launched", r=len(found.running),
+                    f=len(found.finished), n=len(found.never_started), q=requeued)
 
     async def _settle_unrecorded(self, finished: list[ContainerInfo]) -> dict[str, reconcile.RunState]:
         """Exited containers whose run is still active: record their exits. Returns the states read (one
@@ -351,13 +309,13 @@ class Watcher:
                 await self._settle(_watched(info, known.name), info, known=known)
         return states
 
-    async def _requeue_orphans(self) -> None:
+    async def _requeue_orphans(self) -> int:
+        """At start, then (for what failed to be requeued) in every sweep until none is left."""
         if not self._orphans:  # none left from before this process: nothing to ask the API
-            return
-        await reconcile.requeue_orphans(
+            return 0
+        return await reconcile.requeue_orphans(
             self.cloud, self.runtime, agent_id=self.agent_id, agent_name=self.agent_name,
-            host=self.host_id, busy=self._busy() | set(self.watched),
-            stale_after=3 * self.settings.heartbeat_interval, candidates=self._orphans)
+            host=self.host_id, busy=self._busy() | set(self.watched), candidates=self._orphans)
 
     async def _cleanup(self) -> None:
         """Record exits the watcher missed (API down at the time), then remove what may go."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from server.resolvers import flows, queue, read, runs, states, tenants
+from server.resolvers import flows, queue, read, runs, states, tenants, tokens
 
 RESOLVERS: dict[str, Callable[..., Any]] = {
     **read.RESOLVERS, **flows.RESOLVERS, **runs.RESOLVERS, **states.RESOLVERS, **queue.RESOLVERS,
-    **tenants.RESOLVERS,
+    **tenants.RESOLVERS, **tokens.RESOLVERS,
 }
 
 # Operations a RUNNER token may not perform (contract: USER also registers flows, creates and cancels runs).

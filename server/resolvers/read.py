@@ -106,10 +106,14 @@ def resolve_hello(_obj: Any, _info: GraphQLResolveInfo) -> str:
     return "👋"
 
 
-def resolve_api(_obj: Any, _info: GraphQLResolveInfo) -> Row:
+def resolve_api(_obj: Any, info: GraphQLResolveInfo) -> Row:
+    """`flow_run_tokens` only with `--auth token`: without auth there is nothing such a token would limit."""
+    capabilities = ["long_poll", "partial_states"]
+    if ctx_of(info).settings.auth == "token":
+        capabilities.append("flow_run_tokens")
     return {
         "backend": "SERVER", "mode": "normal", "version": __version__, "core_version": "1.4.1",
-        "release_timestamp": None, "capabilities": ["long_poll", "partial_states"],
+        "release_timestamp": None, "capabilities": capabilities,
     }
 
 

@@ -85,3 +85,19 @@ async def test_run_logs_are_flushed_together_and_on_close(server: ServerHandle, 
     for index, run_id in enumerate(runs):
         message = api.run_logs(server, run_id)[-1]["message"]
         assert message == f"Submitted for execution: Container ID: {index}"
+
+
+async def test_a_line_the_api_refuses_for_good_does_not_hold_back_the_others(server: ServerHandle,
+                                                                             runs: list[str]) -> None:
+    cloud = CountingCloud(server.url)
+    await cloud.connect()
+    buffer = RunLogBuffer(cloud, interval=60.0)
+    try:
+        buffer.add(runs[0], "agent", "first", "INFO")
+        buffer.add("00000000-0000-4000-8000-000000000000", "agent", "a run that does not exist", "INFO")
+        buffer.add(runs[1], "agent", "second", "INFO")
+        assert await buffer.flush()
+    finally:
+        await cloud.close()
+    assert cloud.sent == ["write_run_logs"] * 4  # the refused batch, then each line alone
+    assert [api.run_logs(server, r)[-1]["message"] for r in runs[:2]] == ["first", "second"]

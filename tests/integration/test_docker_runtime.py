@@ -49,9 +49,12 @@ def wait_exited(runtime: DockerRuntime, ref: str, timeout: float = 15) -> Contai
         time.sleep(0.05)
 
 
-def test_ping_and_version(runtime: DockerRuntime) -> None:
+def test_ping_and_the_daemons_start_time(runtime: DockerRuntime, docker_client: docker.DockerClient) -> None:
     runtime.ping()
-    assert runtime.version()["ApiVersion"]
+    facts = runtime.daemon_facts()
+    bridge = docker_client.networks.get("bridge").attrs["Created"]
+    assert facts.started_at is not None and facts.started_at.isoformat()[:19] == bridge[:19]
+    assert facts.live_restore is docker_client.info()["LiveRestoreEnabled"]
 
 
 def test_launch_passes_labels_env_and_extra_hosts(runtime: DockerRuntime, stand_in_image: str,
@@ -102,10 +105,10 @@ def test_adopting_a_never_started_container_starts_it(runtime: DockerRuntime, st
     spec = stand_in(name, stand_in_image, {"STAND_IN_EXIT": "3"})
     docker_client.containers.create(**spec.create_kwargs())
     result = runtime.launch(spec)
-    assert not result.created
+    assert not result.created and result.started  # this launch started it: the launch record is its
     assert wait_exited(runtime, result.container_id).exit_code == 3
     again = runtime.launch(spec)  # an exited container is reported, never restarted
-    assert (again.created, again.status) == (False, "exited")
+    assert (again.created, again.started, again.status) == (False, False, "exited")
     assert runtime.logs_tail(name).count("prefect execute flow-run") == 1
     replaced = runtime.launch(spec, replace_exited=True)  # a new attempt of the same flow run
     assert replaced.created and replaced.container_id != result.container_id

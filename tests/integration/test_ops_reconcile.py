@@ -41,7 +41,7 @@ async def claim_and_recover(server: ServerHandle, runtime: DockerRuntime, runs: 
         candidates = await reconcile.submitted_ids(cloud, agent_id)
         requeued = await reconcile.requeue_orphans(
             cloud, DockerEngine(runtime, 2), agent_id=agent_id, agent_name="twin-host", host=host, busy=set(),
-            stale_after=0, candidates=candidates)
+            candidates=candidates)
         return requeued, candidates
     finally:
         await cloud.close()

@@ -73,6 +73,10 @@ def test_exit_code_and_oom_kill_fail_the_run_with_forensics_and_metrics(
     assert sample(samples, "local_agent_flow_containers_running") == 0
     assert sample(samples, "local_agent_docker_up") == 1
     assert sample(samples, "local_agent_last_successful_poll_timestamp_seconds") > 0
+    # an OOM kill and a crash on a daemon that did not restart: neither is taken for an infrastructure death
+    assert sample(samples, "local_agent_runs_requeued_total", reason="infrastructure") == 0
+    status, health = get_json(base + "/api/health")  # what `local-agent check` prints: the daemon's own word
+    assert status == 200 and health["docker_live_restore"] is docker_client.info()["LiveRestoreEnabled"]
     assert sample(samples, "local_agent_poll_duration_seconds_count") >= 1
     assert sample(samples, "local_agent_info", name=agent.name, version="0.1.0") == 1
     assert get_json(base + "/api/health")[0] == 200

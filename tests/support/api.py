@@ -220,3 +220,13 @@ def heartbeat_and_claim(write: Callable[[str, dict[str, Any]], None], heartbeat_
             item = {"flow_run_id": claimable.pop(), "version": 1,
                     "state": {"type": "Submitted", "message": "claimed"}}
             write(SET_STATES, {"input": {"states": [item]}})
+
+
+CREATE_FLOW_RUN_TOKEN = ("mutation($input: create_flow_run_token_input!) "
+                         "{ create_flow_run_token(input: $input) { token expires_at } }")
+
+
+def create_flow_run_token(server: GraphQLServer, run_id: str, token: str | None = None) -> str:
+    """A FLOW_RUN token for one run (the server's `create_flow_run_token` extension)."""
+    data = call(server, CREATE_FLOW_RUN_TOKEN, {"input": {"flow_run_id": run_id}}, token)
+    return data["create_flow_run_token"]["token"]  # type: ignore[no-any-return]

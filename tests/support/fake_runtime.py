@@ -27,13 +27,14 @@ from agent.runtime.docker_types import (
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
+    DaemonFacts,
     DockerError,
     DockerUnavailable,
     ImageNotFound,
     LaunchResult,
     container_name_for,
 )
-from agent.runtime.port import Labels, Stream
+from agent.runtime.port import BeforeStart, Labels, Stream
 
 if TYPE_CHECKING:
     from agent.runtime.port import ContainerRuntime
@@ -132,6 +133,7 @@ class FakeRuntime:
         self._launch_gate: asyncio.Event | None = None
         self._event_streams: list[FakeStream] = []
         self._log_streams: list[FakeStream] = []
+        self.facts = DaemonFacts(started_at=datetime.now(UTC), live_restore=False)
 
     # ------------------------------------------------------------------ test controls
     def fail_launch(self, image: str, error: DockerError, times: int = 1) -> None:
@@ -189,6 +191,16 @@ class FakeRuntime:
             if stream.container_id == container.id:
                 stream.close()
 
+    def restart_daemon(self) -> list[FakeContainer]:
+        """The daemon restarts without live-restore: every running container is stopped (143) without an event
+        reaching the agent (the API closes first), and the new daemon's start time is after their ends."""
+        stopped = self.running()
+        for container in stopped:
+            container.status, container.exit_code, container.finished_at = "exited", SIGTERM_EXIT, _now()
+        time.sleep(0.002)  # the new daemon starts strictly after the last stop
+        self.facts = DaemonFacts(started_at=datetime.now(UTC), live_restore=self.facts.live_restore)
+        return stopped
+
     def vanish(self, ref: str | FakeContainer) -> None:
         """The container is removed behind the agent's back (`docker rm -f` by someone), without an event."""
         del self.containers[self._resolve(ref).id]
@@ -217,6 +229,10 @@ class FakeRuntime:
         await self._enter("host_id")
         return self._host
 
+    async def daemon_facts(self) -> DaemonFacts:
+        await self._enter("daemon_facts")
+        return self.facts
+
     async def image_present(self, image: str) -> bool:
         await self._enter("image_present", image)
         return image in self.images
@@ -242,7 +258,8 @@ class FakeRuntime:
         self.volumes.add(name)
         return created
 
-    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False) -> LaunchResult:
+    async def launch(self, spec: ContainerSpec, *, replace_exited: bool = False,
+                     before_start: BeforeStart | None = None) -> LaunchResult:
         await self._enter("launch", spec.name, spec.image)
         if self._launch_gate is not None:
             await self._launch_gate.wait()
@@ -253,15 +270,17 @@ class FakeRuntime:
                 raise error
         existing = self._by_name(spec.name)
         if existing is not None:
-            adopted = self._adopt(existing, spec, replace_exited)
+            adopted = await self._adopt(existing, spec, replace_exited, before_start)
             if adopted is not None:
                 return adopted
         if spec.image not in self.images:
             raise ImageNotFound(spec.image)
         container = FakeContainer(self._new_id(), spec.name, spec.image, dict(spec.labels), spec=spec)
         self.containers[container.id] = container
+        if before_start is not None:
+            await before_start(container.id)
         self._start(container)
-        return LaunchResult(container.id, created=True)
+        return LaunchResult(container.id, created=True, started=True)
 
     async def find(self, labels: Labels, *, all: bool = True, inspect: bool = True) -> list[ContainerInfo]:
         await self._enter("find", dict(labels), all)
@@ -346,8 +365,8 @@ class FakeRuntime:
         if self.down:
             raise DockerUnavailable(self._address, "Connection refused (fake engine is down)")
 
-    def _adopt(self, existing: FakeContainer, spec: ContainerSpec,
-               replace_exited: bool) -> LaunchResult | None:
+    async def _adopt(self, existing: FakeContainer, spec: ContainerSpec, replace_exited: bool,
+                     before_start: BeforeStart | None) -> LaunchResult | None:
         """The name is taken: the same run's container is adopted (or replaced when exited and asked to)."""
         run_id = spec.labels.get(FLOW_RUN_LABEL)
         if run_id is not None and existing.run_id != run_id:
@@ -358,8 +377,10 @@ class FakeRuntime:
             del self.containers[existing.id]
             return None
         if existing.status == "created":
+            if before_start is not None:
+                await before_start(existing.id)
             self._start(existing)
-            return LaunchResult(existing.id, created=False, status="running")
+            return LaunchResult(existing.id, created=False, started=True)
         return LaunchResult(existing.id, created=False, status=existing.status)
 
     def _start(self, container: FakeContainer) -> None:

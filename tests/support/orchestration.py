@@ -28,6 +28,7 @@ from loguru import logger
 from agent.agent import LocalAgent
 from agent.settings import Settings, load_settings
 from server.app import GRAPHQL_KEY, build_app
+from server.auth import create_token
 from server.serve import open_services
 from server.settings import ServerSettings
 from tests.support import api
@@ -66,10 +67,13 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0,
 class LoopServer:
     """The real server app on this loop; `graphql` is blocking (call it from a thread, see `Stage.do`)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.settings = ServerSettings(database_url=f"sqlite:///{tmp_path / 'server.db'}", auth="none",
+    def __init__(self, tmp_path: Path, auth: str = "none") -> None:
+        self.settings = ServerSettings(database_url=f"sqlite:///{tmp_path / 'server.db'}", auth=auth,
                                        zombies_enabled=False, long_poll_recheck_s=0.2)
         self.services = open_services(self.settings)
+        # auth=token: the test's own calls go with a USER token, the agent gets a RUNNER one
+        self.token = create_token(self.services.engine, "USER", "test") if auth == "token" else None
+        self.runner_token = create_token(self.services.engine, "RUNNER", "agent") if auth == "token" else None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[tuple[str, dict[str, Any]]] = []  # (query text, variables) as received
@@ -113,6 +117,9 @@ class LoopServer:
                 headers: dict[str, str] | None = None) -> dict[str, Any]:
         sent = {"Content-Type": "application/json", "X-PREFECT-CORE-VERSION": "1.4.1", **(headers or {})}
         body = {"query": query, "variables": json.dumps(variables)}
+        token = token or self.token
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
         with requests.Session() as session:
             response = session.post(self.url + "/", data=json.dumps(body), headers=sent, timeout=30)
         return response.json()  # type: ignore[no-any-return]
@@ -148,8 +155,9 @@ class Stage:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, tmp_path: Path, fake: FakeRuntime | None = None) -> AsyncIterator[Stage]:
-        server = LoopServer(tmp_path)
+    async def open(cls, tmp_path: Path, fake: FakeRuntime | None = None,
+                   auth: str = "none") -> AsyncIterator[Stage]:
+        server = LoopServer(tmp_path, auth)
         await server.start()
         stage = cls(tmp_path, server, fake or FakeRuntime(images=(IMAGE,)))
         sink = logger.add(lambda m: stage.lines.append(f"{m.record['level'].name} {m.record['message']}"),
@@ -166,7 +174,8 @@ class Stage:
 
     # ------------------------------------------------------------------ the agent
     def settings(self, **overrides: Any) -> Settings:
-        return load_settings(**{"api": self.server.url, "name": self.name, **FAST, **overrides})
+        token = {"api_token": self.server.runner_token} if self.server.runner_token else {}
+        return load_settings(**{"api": self.server.url, "name": self.name, **FAST, **token, **overrides})
 
     async def start_agent(self, **overrides: Any) -> AgentRun:
         run = AgentRun(LocalAgent(self.settings(**overrides), runtime=self.fake))
@@ -226,7 +235,7 @@ class Stage:
 
     async def launched(self, run_id: str, timeout: float = 10.0) -> str:
         """The id of the run's container once the fake engine runs it."""
-        container = await eventually(lambda: self.fake.container(run_id), timeout,
-                                     lambda: f"no container for {run_id}; agent said:\n"
+        container = await eventually(lambda: (c := self.fake.container(run_id)) and c.running and c, timeout,
+                                     lambda: f"no running container for {run_id}; agent said:\n"
                                      + "\n".join(self.lines[-40:]))
         return container.id

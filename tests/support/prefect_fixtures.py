@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -330,8 +330,8 @@ class PrefectBackend:
 
     mode: str
     server: Any
-    user_token: str | None = None
-    runner_token: str | None = None
+    user_token: str | None = field(default=None, repr=False)  # a failing test's traceback shows reprs
+    runner_token: str | None = field(default=None, repr=False)
 
     def env(self, *, runner: bool = False, **extra: str) -> dict[str, str]:
         return prefect_env(self.server, self.runner_token if runner else self.user_token, **extra)

@@ -119,6 +119,7 @@ def test_env_order_and_precedence_agent_lt_run_config_lt_fixed() -> None:
             "PREFECT__BACKEND": "agent-cannot",
             "PREFECT__CLOUD__API": "http://x",
         },
+        allowed_run_overrides=["api_env"],  # even where the operator lets a run redirect, the fixed ones win
     )
     run_config = {"type": "DockerRun", "env": {"B": "run", "PREFECT__CONTEXT__FLOW_RUN_ID": "nope", "C": 3}}
     env = build_spec(make_run(DOCKER_STORAGE, run_config), "img:1", settings, IDENTITY).environment

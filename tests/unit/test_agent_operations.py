@@ -15,7 +15,7 @@ from graphql import build_schema, parse, validate
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_SDL = REPO.parent / "shared" / "design" / "cloud-api.graphql"
 SERVER_SDL = REPO / "server" / "schema.graphql"
-EXTENSION_DOCUMENTS = {"capabilities.graphql"}
+EXTENSION_DOCUMENTS = {"capabilities.graphql", "create_flow_run_token.graphql"}
 DOCUMENTS = sorted(p.name for p in files("agent.api.operations").iterdir() if p.name.endswith(".graphql"))
 
 

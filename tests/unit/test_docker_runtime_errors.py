@@ -154,7 +154,7 @@ def test_missing_socket_names_the_address_and_the_mount() -> None:
 
 def test_closed_tcp_port_is_unavailable_with_tcp_advice(closed_port: int) -> None:
     runtime = DockerRuntime(f"tcp://127.0.0.1:{closed_port}", timeout=5)
-    for call in (runtime.ping, runtime.version, lambda: runtime.image_present("busybox"),
+    for call in (runtime.ping, runtime.daemon_facts, lambda: runtime.image_present("busybox"),
                  lambda: runtime.find_by_label("x"), lambda: runtime.launch(spec())):
         with pytest.raises(DockerUnavailable) as caught:
             call()
@@ -186,10 +186,10 @@ def api_error(status: int, text: str) -> docker.errors.APIError:
 
 def test_daemon_5xx_is_transient_and_4xx_is_permanent() -> None:
     runtime = DockerRuntime("unix:///nonexistent.sock")
-    with pytest.raises(DockerUnavailable) as unavailable, runtime._errors("list containers"):
+    with pytest.raises(DockerUnavailable) as unavailable, runtime.errors("list containers"):
         raise api_error(500, "containerd is restarting")
     assert "containerd is restarting" in str(unavailable.value) and unavailable.value.transient
-    with pytest.raises(DockerError) as refused, runtime._errors("list containers"):
+    with pytest.raises(DockerError) as refused, runtime.errors("list containers"):
         raise api_error(403, "blocked by the socket proxy")
     assert not isinstance(refused.value, DockerUnavailable)
     assert not refused.value.transient and refused.value.status_code == 403

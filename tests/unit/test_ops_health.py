@@ -71,7 +71,11 @@ async def test_endpoints_and_check_against_the_real_server() -> None:
         assert code == 1 and "503" in message and "agent is starting" in message
         state.running()
         assert (await asyncio.to_thread(check, settings, True))[0] == 0
-        assert (await asyncio.to_thread(check, settings))[0] == 0
+        code, message = await asyncio.to_thread(check, settings)
+        assert code == 0 and message.endswith("Docker live-restore: unknown")
+        state.live_restore = False
+        code, message = await asyncio.to_thread(check, settings)
+        assert code == 0 and "Docker live-restore: off (a daemon restart stops running flows" in message
         state.last_tick -= 1000
         code, message = await asyncio.to_thread(check, settings)
         assert code == 1 and "stalled" in message

@@ -60,7 +60,8 @@ async def test_submitted_run_without_a_container_is_requeued_and_launched(tmp_pa
         await first.stop()  # drain timeout 0: the launch in flight is abandoned
         assert stage.fake.container(run_id) is None
         stage.fake.release_launches()
-        await stage.start_agent()
+        await stage.start_agent(heartbeat_interval=600.0)  # requeued at start, no stale heartbeat waited for
+        await eventually(lambda: stage.logged("requeued 1 claimed but never launched"))
         await stage.launched(run_id)
         logs = await stage.wait_log(run_id, "it had claimed this run but no container was created")
         assert [log["level"] for log in logs if "no container was created" in log["message"]] == ["WARNING"]

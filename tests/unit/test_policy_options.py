@@ -152,8 +152,11 @@ def test_limits_within_maxima_pass_and_above_are_clamped_with_a_notice() -> None
 
 
 def test_run_env_and_loopback_ports_are_allowed_and_fixed_variables_win() -> None:
+    with pytest.raises(PolicyDenied, match="--allowed-run-overrides api_env"):
+        plan(env={"A": "1", "PREFECT__CONTEXT__FLOW_RUN_ID": "x"})
     spec = plan(
         {"port_bindings": {8080: ["127.0.0.1", 18080]}},
+        Settings(allowed_run_overrides=["api_env"]),
         env={"A": "1", "PREFECT__CONTEXT__FLOW_RUN_ID": "x"},
         ports=[9000],
     ).spec
