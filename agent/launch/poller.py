@@ -73,6 +73,9 @@ class Launches:
         logger.info("drained {n} launch(es)", n=len(done))
 
 
+ENGINE_RECHECK_S = 1.0  # while the engine is away, how often it is pinged before the next poll
+
+
 class Poller:
     """Polls until stopped; raises `StartupError` (exit 3) after `DOCKER_OUTAGE_EXIT_S` of engine outage."""
 
@@ -93,8 +96,13 @@ class Poller:
             except (ApiError, DockerError) as exc:
                 self._failed(exc)
                 delay = failures.failed()
-                logger.warning("poll failed ({n} in a row): {error}; next poll in {d:.1f}s",
-                               n=failures.failures, error=exc, d=delay)
+                engine_away = isinstance(exc, DockerUnavailable)
+                if engine_away:  # asked again each second (a local ping; the API waits): a restarted daemon
+                    delay = min(delay, ENGINE_RECHECK_S)  # gets its requeued runs back at once
+                n = failures.failures
+                level = "DEBUG" if engine_away and n & (n - 1) else "WARNING"  # 1, 2, 4, 8... in a row
+                logger.log(level, "poll failed ({n} in a row): {error}; next poll in {d:.1f}s", n=n,
+                           error=exc, d=delay)
                 await self.stop.sleep(delay)
                 continue
             if failures.failures:
