@@ -25,6 +25,15 @@ def proxied(fault_proxy: FaultProxy) -> Iterator[DockerRuntime]:
     runtime.close()
 
 
+@pytest.fixture
+def named(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Iterator[str]:
+    """A container name of this test's own; whatever Docker holds under it is removed afterwards."""
+    name = f"lat-{RUN_ID}-{request.node.name[5:40]}"
+    yield name
+    for container in _ours(docker_client, name):
+        container.remove(force=True)
+
+
 def _spec(name: str, image: str) -> ContainerSpec:
     return ContainerSpec(name=name, image=image, command=["prefect", "execute", "flow-run"],
                          environment={"STAND_IN_SLEEP": "30"}, labels=test_labels(**{FLOW_RUN_LABEL: name}))
@@ -36,38 +45,27 @@ def _ours(docker_client: docker.DockerClient, name: str) -> list[docker.models.c
 
 def test_a_start_docker_did_although_it_answered_500_is_kept_and_reported_started(
         proxied: DockerRuntime, fault_proxy: FaultProxy, stand_in_image: str,
-        docker_client: docker.DockerClient) -> None:
-    name = f"lat-{RUN_ID}-faults-start"
-    spec = _spec(name, stand_in_image)
+        docker_client: docker.DockerClient, named: str) -> None:
     records: list[str] = []
     fault_proxy.configure(fail_start=1.0, mode="after")
-    try:
-        result = proxied.launch(spec, before_start=records.append)
-        found = _ours(docker_client, name)
-        assert [c.id for c in found] == [result.container_id] == records  # one container, one record
-        assert result.started and found[0].attrs["State"]["Running"]
-        assert fault_proxy.counters().faults[("start", "after")] == 1
-    finally:
-        for container in _ours(docker_client, name):
-            container.remove(force=True)
+    result = proxied.launch(_spec(named, stand_in_image), before_start=records.append)
+    found = _ours(docker_client, named)
+    assert [c.id for c in found] == [result.container_id] == records  # one container, one record
+    assert result.started and found[0].attrs["State"]["Running"]
+    assert fault_proxy.counters().faults[("start", "after")] == 1
 
 
 def test_a_create_docker_did_although_it_answered_500_is_adopted_and_started_once(
         proxied: DockerRuntime, fault_proxy: FaultProxy, stand_in_image: str,
-        docker_client: docker.DockerClient) -> None:
-    name = f"lat-{RUN_ID}-faults-create"
-    spec = _spec(name, stand_in_image)
+        docker_client: docker.DockerClient, named: str) -> None:
+    spec = _spec(named, stand_in_image)
     records: list[str] = []
     fault_proxy.configure(fail_create=1.0, mode="after")
-    try:
-        with pytest.raises(ContainerCreateError) as caught:
-            proxied.launch(spec, before_start=records.append)
-        assert caught.value.transient and records == []  # nothing started, nothing recorded
-        fault_proxy.configure(fail_create=0.0)
-        result = proxied.launch(spec, before_start=records.append)  # the pipeline's retry
-        found = _ours(docker_client, name)
-        assert [c.id for c in found] == [result.container_id] == records
-        assert not result.created and result.started and found[0].attrs["State"]["Running"]
-    finally:
-        for container in _ours(docker_client, name):
-            container.remove(force=True)
+    with pytest.raises(ContainerCreateError) as caught:
+        proxied.launch(spec, before_start=records.append)
+    assert caught.value.transient and records == []  # nothing started, nothing recorded
+    fault_proxy.configure(fail_create=0.0)
+    result = proxied.launch(spec, before_start=records.append)  # the pipeline's retry
+    found = _ours(docker_client, named)
+    assert [c.id for c in found] == [result.container_id] == records
+    assert not result.created and result.started and found[0].attrs["State"]["Running"]

@@ -233,6 +233,16 @@ class Stage:
         return await eventually(found, timeout,
                                 lambda: f"no run log containing {text!r}: {[x['message'] for x in logs]}")
 
+    async def flow_runner_started(self, run_id: str, *, task_runs: bool = False) -> None:
+        """What the flow runner in the container reports first: the run Running (version-locked), and with
+        `task_runs` each of its task runs Running too, as a runner in the middle of its tasks leaves them."""
+        run = await self.run(run_id)
+        running = {"type": "Running", "message": "Running flow."}
+        answer = await self.do(api.set_flow_run_state, run_id, running, run["version"])
+        assert "errors" not in answer, answer
+        for task_run in run["task_runs"] if task_runs else []:
+            await self.do(api.set_task_run_state, task_run["id"], {"type": "Running"})
+
     async def launched(self, run_id: str, timeout: float = 10.0) -> str:
         """The id of the run's container once the fake engine runs it."""
         container = await eventually(lambda: (c := self.fake.container(run_id)) and c.running and c, timeout,

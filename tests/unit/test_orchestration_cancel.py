@@ -14,19 +14,12 @@ from tests.support.orchestration import Stage, eventually
 pytestmark = pytest.mark.usefixtures("clean_prefect_env")
 
 
-async def running(stage: Stage, run_id: str) -> None:
-    """What the flow runner in the container would report first."""
-    version = (await stage.run(run_id))["version"]
-    answer = await stage.do(api.set_flow_run_state, run_id, state("Running", "Running flow."), version)
-    assert "errors" not in answer, answer
-
-
 async def test_cancelling_a_running_run_stops_its_container_and_marks_it_cancelled(tmp_path: Path) -> None:
     async with Stage.open(tmp_path) as stage:
         await stage.start_agent(cancel_grace_seconds=0.3)
         run_id = await stage.flow_run()
         container_id = await stage.launched(run_id)
-        await running(stage, run_id)
+        await stage.flow_runner_started(run_id)
         assert await stage.do(api.cancel_flow_run, run_id) == "Cancelling"
         run = await stage.wait_state(run_id, "Cancelled")
         assert stage.fake.called("stop") == [(container_id, 0.3)]
@@ -54,7 +47,7 @@ async def test_container_still_running_after_its_run_finished_is_stopped(tmp_pat
         await stage.start_agent()
         run_id = await stage.flow_run()
         container_id = await stage.launched(run_id)
-        await running(stage, run_id)
+        await stage.flow_runner_started(run_id)
         version = (await stage.run(run_id))["version"]
         await stage.do(api.set_flow_run_state, run_id, state("Success", "done"), version)
         await eventually(lambda: stage.fake.called("stop"))

@@ -16,7 +16,6 @@ from agent.api.models import Attempts, attempts_of, scheduled_state
 from agent.launch.plan import LABEL_ATTEMPT, attempt_labels, attempts_from_labels
 from agent.runtime.docker_types import ContainerInfo, DaemonFacts
 from agent.supervise.infra import daemon_stopped
-from tests.support import api
 from tests.support.orchestration import Stage, eventually
 
 pytestmark = pytest.mark.usefixtures("clean_prefect_env")
@@ -64,20 +63,12 @@ def test_attempts_travel_from_the_scheduled_state_to_the_labels_and_back() -> No
     assert attempts_from_labels({LABEL_ATTEMPT: "-3"}) == Attempts()
 
 
-async def _running(stage: Stage, run_id: str) -> None:
-    """The flow runner's part: the run and its task runs go Running."""
-    run = await stage.run(run_id)
-    await stage.do(api.set_flow_run_state, run_id, {"type": "Running", "message": "go"})
-    for task_run in run["task_runs"]:
-        await stage.do(api.set_task_run_state, task_run["id"], {"type": "Running"})
-
-
 async def test_a_daemon_restart_resubmits_the_run_and_its_task_runs_run_again(tmp_path: Path) -> None:
     async with Stage.open(tmp_path) as stage:
         await stage.start_agent()
         run_id = await stage.flow_run()
         first = await stage.launched(run_id)
-        await _running(stage, run_id)
+        await stage.flow_runner_started(run_id, task_runs=True)
         assert [c.id for c in stage.fake.restart_daemon()] == [first]
         logs = await stage.wait_log(run_id, "resubmitted, attempt 2 of 3")
         assert any("the Docker daemon restarted while this run was running" in log["message"] for log in logs)
@@ -93,11 +84,11 @@ async def test_after_infra_retries_the_run_fails_with_the_whole_story(tmp_path: 
         await stage.start_agent(infra_retries=1)
         run_id = await stage.flow_run()
         first = await stage.launched(run_id)
-        await _running(stage, run_id)
+        await stage.flow_runner_started(run_id, task_runs=True)
         stage.fake.restart_daemon()
         await stage.wait_log(run_id, "resubmitted, attempt 2 of 2")
         await eventually(lambda: (c := stage.fake.container(run_id)) and c.id != first and c.running)
-        await _running(stage, run_id)
+        await stage.flow_runner_started(run_id, task_runs=True)
         stage.fake.restart_daemon()
         run = await stage.wait_state(run_id, "Failed")
         message = run["state_message"]
@@ -111,7 +102,7 @@ async def test_a_sigterm_exit_without_a_daemon_restart_is_the_flows_failure(tmp_
         await stage.start_agent()
         run_id = await stage.flow_run()
         await stage.launched(run_id)
-        await _running(stage, run_id)
+        await stage.flow_runner_started(run_id, task_runs=True)
         stage.fake.finish(run_id, 143)  # someone's `docker stop`, the daemon still the same one
         run = await stage.wait_state(run_id, "Failed")
         assert "exited with code 143" in run["state_message"]
