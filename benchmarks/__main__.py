@@ -1,5 +1,5 @@
-"""From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery` or
-`clean`."""
+"""From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery`,
+`queue-scale`, `claims`, `wakeup` (each `[--quick]`) or `clean`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from benchmarks.config import BENCH_LABEL, REPO_ROOT, RESULTS_DIR, BenchConfig
 from benchmarks.dockerenv import docker_client
 from benchmarks.report import update_readme, write_results
 from benchmarks.runner import run
+from benchmarks.scale import COMMANDS as SCALE_COMMANDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                               "of starts failing, a dockerd restart under running flows (root)); writes "
                               "results/recovery-<date>.json and .md")
     recovery.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
+    for name, (_, title) in SCALE_COMMANDS.items():
+        scale = sub.add_parser(name, help=f"{title}; writes results/{name}-<date>.json and .md")
+        scale.add_argument("--quick", action="store_true", help="smoke-test sizes (numbers mean nothing)")
+        scale.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
     sub.add_parser("clean", help="remove the benchmark's cached images and its .cache/benchmarks directories")
     return parser
 
@@ -71,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
         written = run_recovery((args.out or RESULTS_DIR).resolve())
         print(Path(written["md"]).read_text())
+        return 0
+    if args.command in SCALE_COMMANDS:
+        from benchmarks.scale import run_scale
+
+        paths = run_scale(args.command, args.quick, (args.out or RESULTS_DIR).resolve())
+        print(paths["md"].read_text())
         return 0
     config = _config(args)
     default = REPO_ROOT / ".cache" / "benchmarks" / "smoke" if config.smoke else RESULTS_DIR / _today()

@@ -1,9 +1,9 @@
-"""Server queue latency: `get_runs_in_queue` round trips against a database holding 100,000 flow runs.
+"""Server queue latency: `get_runs_in_queue` round trips against a database holding many flow runs.
 
 The database is seeded directly with the server's own seeder (`server.seed`: creating 100,000 runs through
-GraphQL would take most of the time budget): finished runs plus a due backlog of 50. A fresh server process is
-then started on it and queried over HTTP exactly as an agent would, sequentially, without long polling, so
-the figure includes HTTP and GraphQL overhead - what an agent actually waits for.
+GraphQL would take most of the time budget): finished runs plus a due backlog of 50, then `ANALYZE`. A fresh
+server process is then started on it and queried over HTTP exactly as an agent would, sequentially, without
+long polling, so the figure includes HTTP and GraphQL overhead - what an agent actually waits for.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import backend
+from benchmarks.replicas import prepare_database
 from benchmarks.stats import percentile
 
 QUEUE_LABEL = "bench-queue"
@@ -21,29 +22,34 @@ DUE_RUNS = 50  # a due backlog twice the 25-run page, so every query returns a f
 
 
 def seed_database(database_url: str, runs: int) -> str:
-    """Create the schema and `runs` flow runs with the server's own seeder; returns the tenant id."""
+    """The schema, `runs` flow runs by the server's own seeder, then ANALYZE; returns the tenant id."""
     from server import db  # the server's own tables and seeder, so the rows are exactly what it reads
-    from server.seed import seed_flow_runs
+    from server.seed import analyze, seed_flow_runs
 
+    tenant = prepare_database(database_url)
     engine = db.create_db_engine(database_url)
     try:
-        db.migrate(engine)
-        tenant = db.ensure_default_tenant(engine)
         seed_flow_runs(engine, runs, due=min(DUE_RUNS, runs), labels=[QUEUE_LABEL], tenant_id=tenant)
+        analyze(engine)
         return tenant
     finally:
         engine.dispose()
 
 
 def measure_queue(work_dir: Path, runs: int, samples: int) -> dict[str, Any]:
-    """Seed, start a server on the database, time `samples` sequential queue queries; figures in ms."""
-    database_url = f"sqlite:///{work_dir / 'queue.db'}"
+    """Seed a SQLite file, start a server on it, time `samples` sequential queue queries; figures in ms."""
+    return measure_queue_on(f"sqlite:///{work_dir / 'queue.db'}", work_dir, runs, samples, prefix="queue")
+
+
+def measure_queue_on(database_url: str, work_dir: Path, runs: int, samples: int, *,
+                     prefix: str) -> dict[str, Any]:
+    """The same on any database URL (SQLite or PostgreSQL); figures named `<prefix>.*`."""
     began = time.monotonic()
     tenant = seed_database(database_url, runs)
     seed_s = time.monotonic() - began
-    server = backend.Server(database_url=database_url, log_path=work_dir / "server-queue.log").start()
+    server = backend.Server(database_url=database_url, log_path=work_dir / f"server-{prefix}.log").start()
     try:
-        for _ in range(5):  # warm the connection pool and SQLite's page cache
+        for _ in range(5):  # warm the connection pool and the database's page cache
             backend.queue_query(server.url, tenant, [QUEUE_LABEL], time.time() + 10)
         times: list[float] = []
         returned = 0
@@ -55,11 +61,11 @@ def measure_queue(work_dir: Path, runs: int, samples: int) -> dict[str, Any]:
     finally:
         server.stop()
     return {
-        "queue.runs_stored": runs,
-        "queue.median_ms": statistics.median(times),
-        "queue.p95_ms": percentile(times, 95),
-        "queue.max_ms": max(times),
-        "queue.samples": samples,
-        "queue.returned": returned,
-        "queue.seed_s": seed_s,
+        f"{prefix}.runs_stored": runs,
+        f"{prefix}.median_ms": statistics.median(times),
+        f"{prefix}.p95_ms": percentile(times, 95),
+        f"{prefix}.max_ms": max(times),
+        f"{prefix}.samples": samples,
+        f"{prefix}.returned": returned,
+        f"{prefix}.seed_s": seed_s,
     }

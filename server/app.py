@@ -35,7 +35,7 @@ from loguru import logger
 
 from server import auth
 from server.context import RequestContext, Services
-from server.errors import ApiError
+from server.errors import OUTAGE, ApiError, DatabaseUnavailableError, database_unavailable, refused_value
 from server.request_limits import (
     LARGE_BODY_BYTES,
     BodyTooLarge,
@@ -62,6 +62,9 @@ def error(message: str, code: str, **extra: Any) -> Payload:
 
 def format_error(err: GraphQLError, default_code: str) -> Payload:
     original = err.original_error
+    refused = refused_value(original) if original is not None else None
+    if refused is not None:
+        original = refused
     if isinstance(original, ApiError):
         message, code = original.message, original.code
     elif original is not None and not isinstance(original, GraphQLError):
@@ -172,6 +175,10 @@ class GraphQLService:
         finally:
             ctx.close()
         assert isinstance(result, ExecutionResult)  # synchronous resolvers only
+        unavailable = _unavailable(result.errors or ())
+        if unavailable is not None:
+            return unavailable_response(unavailable)
+        OUTAGE.ended()
         if result.errors and result.data is None and all(e.path is None for e in result.errors):
             return 400, {"errors": [format_error(e, "BAD_USER_INPUT") for e in result.errors]}
         payload: Payload = {"data": result.data}
@@ -206,6 +213,22 @@ class GraphQLService:
             self.agents.put(key, True, 64)  # agents never change tenant, so a positive answer stays true
             return agent_id
         return None
+
+
+def _unavailable(errors: Any) -> DatabaseUnavailableError | None:
+    """The first execution error that is a lost database connection, if any (logged once per outage)."""
+    for err in errors:
+        original = err.original_error
+        found = database_unavailable(original) if original is not None else None
+        if found is not None:
+            OUTAGE.failed(original)
+            return found
+    return None
+
+
+def unavailable_response(err: DatabaseUnavailableError) -> tuple[int, Payload]:
+    """HTTP 503 (retryable) for the whole request: the transaction that lost its connection is gone."""
+    return 503, {"errors": [error(err.message, err.code)]}
 
 
 REASONS = {
@@ -336,9 +359,13 @@ async def _respond(
             del body
             await loop.run_in_executor(service.executor, release_memory)
         return status, payload, False
-    except Exception:  # e.g. the database is unreachable: retryable for the client, no traceback
-        logger.exception("request failed")
-        return 503, {"errors": [error("Service unavailable; see the server log.", "UNAVAILABLE")]}, False
+    except Exception as exc:  # e.g. the database is unreachable: retryable for the client, no traceback
+        unavailable = database_unavailable(exc)
+        if unavailable is None:
+            logger.exception("request failed")
+            return 503, {"errors": [error("Service unavailable; see the server log.", "UNAVAILABLE")]}, False
+        OUTAGE.failed(exc)
+        return (*unavailable_response(unavailable), False)
 
 
 async def _parse(service: GraphQLService, loop: asyncio.AbstractEventLoop, raw: bytes) -> Payload:

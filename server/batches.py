@@ -41,11 +41,16 @@ def cascade_cancelled(ctx: RequestContext, flow_run_id: str, state: dict[str, An
     unfinished = (select(tr.c.id, tr.c.tenant_id, tr.c.version, tr.c.serialized_state)
                   .where(tr.c.flow_run_id == flow_run_id,
                          tr.c.state.not_in(sorted(FINISHED_STATES)) | tr.c.state.is_(None))
-                  .limit(size).with_for_update())
+                  .order_by(tr.c.id).limit(size).with_for_update())
+    # Until a batch finds none: on PostgreSQL a short batch proves nothing (FOR UPDATE skips rows another
+    # transaction finished while it waited); rows are locked in id order, like the state batches.
+    previous: list[str] = []
     while True:
         with ctx.write() as conn:
             rows = list(conn.execute(unfinished))
             cancel_task_runs(conn, rows, state)
         done += len(rows)
-        if len(rows) < size:
+        ids = [row.id for row in rows]
+        if not rows or ids == previous:  # none left, or no progress (never loop forever)
             return done
+        previous = ids

@@ -1,4 +1,4 @@
-"""`local-agent-server start | token create | tenant create | flow-run create | seed` (`python -m server`)."""
+"""`local-agent-server start | token create | tenant create | flow-run create | db upgrade|current | seed`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name")
     _database_option(run)
 
+    schema = sub.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
+    _database_option(schema.add_parser("upgrade", help="migrate to this version's schema"))
+    _database_option(schema.add_parser("current", help="print the database's schema revision"))
+
     seed = sub.add_parser("seed", help="bulk-insert flow runs (benchmarks)")
     seed.add_argument("--runs", type=int, required=True)
     seed.add_argument("--due", type=int, default=50, help="how many of them are Scheduled and due")
@@ -82,10 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"local-agent-server: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    from sqlalchemy.exc import ArgumentError
+
+    from server.migrate import MigrationError
+
     try:
         return _dispatch(args, settings)
-    except ValueError as exc:
+    except (ValueError, MigrationError) as exc:
         print(f"local-agent-server: {exc}", file=sys.stderr)
+        return 1
+    except ArgumentError:  # its text repeats the URL, password included
+        print("local-agent-server: the database URL cannot be parsed (expected e.g. sqlite:////path/to.db or "
+              "postgresql+psycopg://user:password@host:5432/db)", file=sys.stderr)
         return 1
 
 
@@ -98,6 +110,9 @@ def _dispatch(args: argparse.Namespace, settings: ServerSettings) -> int:
         except OSError as exc:
             logger.error("cannot listen on {}:{}: {}", settings.host, settings.port, exc)
             return 1
+        return 0
+    if args.command == "db":
+        print(_schema(args.db_command, settings.database_url))
         return 0
     services = open_services(settings)
     if args.command == "token":
@@ -115,6 +130,22 @@ def _dispatch(args: argparse.Namespace, settings: ServerSettings) -> int:
 
         print(json.dumps(seed_flow_runs(services.engine, args.runs, due=args.due)))
     return 0
+
+
+def _schema(command: str, database_url: str) -> str:
+    """`db upgrade` prints the revision reached; `db current` the database's revision ("(head)" if newest)."""
+    from server import db, migrate
+
+    engine = db.create_db_engine(database_url, pool_size=1)
+    try:
+        if command == "upgrade":
+            return migrate.upgrade(engine)
+        revision = migrate.current(engine)
+    finally:
+        engine.dispose()
+    if revision is None:
+        return "none (not migrated yet: `local-agent-server db upgrade` or `start` migrates it)"
+    return f"{revision} (head)" if revision == migrate.head() else revision
 
 
 def _create_run(services: Any, args: argparse.Namespace) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Connection, Engine, FromClause, and_, true
 
-from server import db, run_scope
+from server import db, pg_notify, run_scope
 from server.errors import ForbiddenError
 from server.events import QueueEvents
 from server.settings import ServerSettings
@@ -19,11 +20,21 @@ SCOPES = ("FLOW_RUN", "RUNNER", "USER", "ADMIN")
 
 @dataclass
 class Services:
-    """Shared by all requests of one server process."""
+    """Shared by all requests of one server process.
+
+    `instance_id` is this process's random id among the replicas of one database (lease holder, sender of
+    its notifications). On PostgreSQL every `events.notify()` also reaches the other replicas (pg_notify);
+    the thread that listens for theirs is started by `server.serve` only, so building Services starts none.
+    """
 
     settings: ServerSettings
     engine: Engine
     events: QueueEvents = field(default_factory=QueueEvents)
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        if pg_notify.is_postgres(self.engine):
+            self.events.add_publisher(pg_notify.Publisher(self.engine, self.instance_id))
 
 
 @dataclass

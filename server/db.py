@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, engine set-up and the migration path.
+"""SQLAlchemy tables and engine set-up.
 
 Storage is SQLAlchemy Core on any SQLAlchemy URL; SQLite (the default) gets WAL mode and a busy timeout so
 that concurrent writers - threads of one server or several server processes on one file - wait instead of
@@ -6,16 +6,15 @@ failing, and every write transaction starts with `BEGIN IMMEDIATE` so a read-the
 upgrade (the classic SQLITE_BUSY_SNAPSHOT trap). Exactly-once claiming does not rely on that lock alone: state
 updates are conditional UPDATEs on the version read (see `server.states`), which also holds on PostgreSQL.
 
-Migrations: the `schema_version` table holds one row per applied step. A fresh database gets the current
-schema from `metadata.create_all` and is stamped with `LATEST_VERSION`; an existing database at version k runs
-the steps k+1..LATEST from `MIGRATIONS`, each in its own transaction. To change the schema: edit the tables
-below AND append a step (e.g. `ALTER TABLE ... ADD COLUMN`) with the next number.
+Migrations are Alembic revisions (`server/migrations`, applied by `server.migrate`); the tables below are
+what the newest revision creates, and a test compares the two. To change the schema: edit the tables AND add a
+revision.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -38,12 +37,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    func,
     select,
     true,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 
 from server.write_gate import FairGate, gate_for, register_gate
 
@@ -191,7 +190,8 @@ flow_run = Table(
     _created(),
     # The queue index: one range scan per queue state, already in state_start_time order.
     Index("ix_flow_run_queue", "tenant_id", "state", "state_start_time"),
-    Index("ix_flow_run_idempotency", "flow_id", "idempotency_key"),
+    # Unique: two replicas creating a run with one key at once cannot both insert (NULL keys never clash).
+    Index("uq_flow_run_idempotency", "flow_id", "idempotency_key", unique=True),
     Index("ix_flow_run_heartbeat", "state", "heartbeat"),
 )
 
@@ -269,10 +269,13 @@ agent_config = Table(
     _created(),
 )
 
-schema_version = Table(
-    "schema_version", metadata,
-    Column("version", Integer, primary_key=True),
-    Column("applied", UTCDateTime, nullable=False),
+lease = Table(
+    # A time-limited claim on a job only one server replica may do at a time (the zombie sweep): a replica
+    # holds it while `expires` is in the future and renews it each round; a dead replica's lease runs out.
+    "lease", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires", UTCDateTime, nullable=False),
 )
 
 
@@ -287,11 +290,25 @@ def new_id() -> str:
 # ---------------------------------------------------------------- engine
 
 
+POSTGRES_CONNECT_TIMEOUT_S = 10
+SECRET_QUERY_KEYS = frozenset({"password", "passfile", "sslpassword", "sslkey"})
+
+
+def shown_url(url: str | URL) -> str:
+    """The database URL for a log line or an error: no password, neither `user:password@` nor `?password=`."""
+    parsed = make_url(url)
+    hidden = {key: "hidden" for key in parsed.query if key.lower() in SECRET_QUERY_KEYS}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
 def create_db_engine(url: str, *, pool_size: int = 16, busy_timeout_ms: int = 30_000) -> Engine:
     """An engine whose SQLite connections use WAL + busy_timeout and explicit BEGIN (see module doc)."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        # A database host that drops packets (instead of refusing) must give a quick 503, not a hung request.
+        parsed = parsed.update_query_dict({"connect_timeout": str(POSTGRES_CONNECT_TIMEOUT_S)})
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     database = parsed.database or ""
     if database and database != ":memory:":
         from pathlib import Path
@@ -338,57 +355,22 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-# ---------------------------------------------------------------- migrations
-
-Migration = Callable[[Connection], None]
-
-
-def _add_flow_ready(conn: Connection) -> None:
-    conn.exec_driver_sql("ALTER TABLE flow ADD COLUMN ready BOOLEAN NOT NULL DEFAULT TRUE")
-
-
-def _add_run_token_columns(conn: Connection) -> None:
-    """Nullable columns, so every existing token stays what it was (a tenant-wide token)."""
-    for name in ("flow_run_id", "expires_at"):
-        column_type = api_token.c[name].type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f"ALTER TABLE api_token ADD COLUMN {name} {column_type}")
-
-
-# Append (version, step) pairs here; never edit a released step. Version 1 is the first release's schema.
-MIGRATIONS: list[tuple[int, Migration]] = [(2, _add_flow_ready), (3, _add_run_token_columns)]
-LATEST_VERSION = 3
-
-
-def current_version(conn: Connection) -> int:
-    return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
-
-
-def migrate(engine: Engine) -> int:
-    """Create or upgrade the schema; safe when several processes start at once on one database."""
-    with write_tx(engine) as conn:
-        schema_version.create(conn, checkfirst=True)
-        version = current_version(conn)
-        if version == 0:
-            metadata.create_all(conn)
-            conn.execute(schema_version.insert().values(version=LATEST_VERSION, applied=utcnow()))
-            return LATEST_VERSION
-    for step_version, step in MIGRATIONS:
-        if step_version <= version:
-            continue
-        with write_tx(engine) as conn:
-            if current_version(conn) >= step_version:
-                continue
-            step(conn)
-            conn.execute(schema_version.insert().values(version=step_version, applied=utcnow()))
-    return max([version, *[v for v, _ in MIGRATIONS]])
-
-
 def ensure_default_tenant(engine: Engine) -> str:
-    """Prefect clients need >= 1 tenant (`tenant[0].id`); the first start creates `default`."""
+    """Prefect clients need >= 1 tenant (`tenant[0].id`); the first start creates `default`.
+
+    Replicas starting together on a fresh database may both try: the unique slug lets one insert, and the
+    other (its savepoint rolled back) reads the winner's row.
+    """
+    first = select(tenant.c.id).order_by(tenant.c.created, tenant.c.id).limit(1)
     with write_tx(engine) as conn:
-        row = conn.execute(select(tenant.c.id).order_by(tenant.c.created, tenant.c.id).limit(1)).first()
+        row = conn.execute(first).first()
         if row is not None:
             return row.id
         tenant_id = new_id()
-        conn.execute(tenant.insert().values(id=tenant_id, name="default", slug="default", created=utcnow()))
+        try:
+            with conn.begin_nested():
+                conn.execute(tenant.insert().values(id=tenant_id, name="default", slug="default",
+                                                    created=utcnow()))
+        except IntegrityError:
+            return conn.execute(first).scalar_one()
         return tenant_id

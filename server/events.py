@@ -1,14 +1,16 @@
-"""In-process wake-ups for long-polling `get_runs_in_queue` calls.
+"""Wake-ups for long-polling `get_runs_in_queue` calls.
 
 Long polls wait in worker threads, so this is a `threading.Condition` with a generation counter: a waiter
 remembers the generation it saw, and any change (a run created or moved into a queue state) or shutdown wakes
-it. Writes from *other* server processes are not seen here; the long poll re-checks the database on a short
-interval for those.
+it. `notify()` is called after the change has committed; it wakes this process's waiters and hands the news
+to the publishers (on PostgreSQL, `server.pg_notify` tells the other replicas, whose listeners call `wake()`).
+Without a publisher (SQLite) other processes' writes are found by the long poll's periodic re-check.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class QueueEvents:
@@ -16,6 +18,7 @@ class QueueEvents:
         self._cond = threading.Condition()
         self._generation = 0
         self._closed = False
+        self._publishers: list[Callable[[], None]] = []
 
     @property
     def generation(self) -> int:
@@ -26,8 +29,18 @@ class QueueEvents:
     def closed(self) -> bool:
         return self._closed
 
+    def add_publisher(self, publish: Callable[[], None]) -> None:
+        """`publish()` runs on every `notify()`, in the notifying thread; it must not raise."""
+        self._publishers.append(publish)
+
     def notify(self) -> None:
-        """Something may have become claimable; wake every waiter."""
+        """Something may have become claimable (committed): wake every waiter, tell the other replicas."""
+        self.wake()
+        for publish in self._publishers:
+            publish()
+
+    def wake(self) -> None:
+        """Wake this process's waiters only (news from another replica)."""
         with self._cond:
             self._generation += 1
             self._cond.notify_all()

@@ -4,6 +4,11 @@ The arguments arrive already coerced by graphql-core (so `_and: {...}` is a one-
 are datetimes). Relationship keys become EXISTS sub-queries on an alias of the target table, which is Hasura's
 semantics for array relationships (`flow_run.task_runs`) and works the same for object ones (`flow.project`).
 Sibling keys are AND-ed; an empty `_or` is true, as in Hasura.
+
+`_like` / `_ilike` mean the same on every backend (SQLite's LIKE ignores ASCII case and has no escape
+character, PostgreSQL's is case-sensitive and escapes with a backslash): `_like` is case-sensitive, `_ilike`
+is not, `%` and `_` are the only wildcards and every other character, a backslash too, matches itself. On
+SQLite `_like` is a GLOB of the translated pattern; on PostgreSQL `ESCAPE ''` switches the escape off.
 """
 
 from __future__ import annotations
@@ -12,8 +17,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Table, and_, exists, not_, or_, select, true
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    FromClause,
+    String,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from server import db
 
@@ -51,6 +72,56 @@ SPECS: dict[str, Spec] = {
     "log": Spec(db.log),
 }
 
+_GLOB_SPECIAL = {"*": "[*]", "?": "[?]", "[": "[[]"}
+
+
+def like_to_glob(pattern: str) -> str:
+    """A LIKE pattern without escapes as the GLOB pattern that matches the same strings, case-sensitively."""
+    out = []
+    for char in pattern:
+        if char == "%":
+            out.append("*")
+        elif char == "_":
+            out.append("?")
+        else:
+            out.append(_GLOB_SPECIAL.get(char, char))
+    return "".join(out)
+
+
+class Like(ColumnElement[bool]):
+    """`column LIKE pattern` (or ILIKE with `insensitive`), compiled per dialect below."""
+
+    type = Boolean()
+    inherit_cache = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("pattern", InternalTraversal.dp_clauseelement),
+        ("glob", InternalTraversal.dp_clauseelement),
+        ("insensitive", InternalTraversal.dp_boolean),
+    ]
+
+    def __init__(self, column: Any, pattern: str, *, insensitive: bool = False) -> None:
+        self.column = column
+        self.pattern = bindparam(None, pattern, type_=String(), unique=True)
+        self.glob = bindparam(None, like_to_glob(pattern), type_=String(), unique=True)
+        self.insensitive = insensitive
+
+
+@compiles(Like)
+def _compile_default(element: Like, compiler: SQLCompiler, **kw: Any) -> str:
+    operator = "ILIKE" if element.insensitive else "LIKE"
+    column, pattern = compiler.process(element.column, **kw), compiler.process(element.pattern, **kw)
+    return f"({column} {operator} {pattern} ESCAPE '')"
+
+
+@compiles(Like, "sqlite")
+def _compile_sqlite(element: Like, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    if element.insensitive:  # SQLite's LIKE: ASCII case folded, no escape character
+        return f"({column} LIKE {compiler.process(element.pattern, **kw)})"
+    return f"({column} GLOB {compiler.process(element.glob, **kw)})"
+
+
 _OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
     "_eq": lambda c, v: c == v,
     "_neq": lambda c, v: c != v,
@@ -60,8 +131,8 @@ _OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
     "_lte": lambda c, v: c <= v,
     "_in": lambda c, v: c.in_(v),
     "_nin": lambda c, v: c.not_in(v),
-    "_like": lambda c, v: c.like(v),
-    "_ilike": lambda c, v: c.ilike(v),
+    "_like": lambda c, v: Like(c, v),
+    "_ilike": lambda c, v: Like(c, v, insensitive=True),
     "_is_null": lambda c, v: c.is_(None) if v else c.is_not(None),
 }
 
@@ -100,17 +171,20 @@ def _compare(column: Any, comparison: Mapping[str, Any]) -> ColumnElement[bool]:
 
 
 def order_clauses(source: FromClause, order_by: list[Mapping[str, str]] | None) -> list[UnaryExpression[Any]]:
-    """`order_by: [{col: desc_nulls_last}]` -> ORDER BY terms; the id is appended for a stable order."""
+    """`order_by: [{col: desc_nulls_last}]` -> ORDER BY terms with explicit NULL placement (the same on
+    every backend); the id is appended for a stable order."""
     terms: list[UnaryExpression[Any]] = []
     for item in order_by or []:
         for key, direction in item.items():
             if direction is None:
                 continue
             column = source.c[key]
-            term = column.desc() if direction.startswith("desc") else column.asc()
-            if direction.endswith("nulls_first"):
+            descending = direction.startswith("desc")
+            term = column.desc() if descending else column.asc()
+            # Unless asked: PostgreSQL's (Hasura's) default, NULLs count as largest (SQLite: smallest).
+            if direction.endswith("nulls_first") or (descending and not direction.endswith("nulls_last")):
                 term = term.nulls_first()
-            elif direction.endswith("nulls_last"):
+            else:
                 term = term.nulls_last()
             terms.append(term)
     return terms

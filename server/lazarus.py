@@ -3,8 +3,9 @@
 Submitted and Running states, and `update_flow_run_heartbeat`, set `flow_run.heartbeat`. A run whose heartbeat
 is older than `zombie_timeout_s` (its container died, the host rebooted, the agent crashed after claiming)
 goes back to Scheduled with start_time now, at most `zombie_max_reschedules` times; after that it is marked
-Failed. Each step writes a run log line. The state write is the usual compare-and-set, so several server
-processes sweeping the same database never double-reschedule a run.
+Failed. Each step writes a run log line. Of several server replicas on one database only the one holding
+the `lazarus` lease (`server.lease`) sweeps; even without it the state write is the usual compare-and-set,
+so two sweeps at once (clocks far apart, a lease taken over mid-sweep) never double-reschedule a run.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from sqlalchemy import Connection, or_, select
 from server import db
 from server.abandoned import discard_stale_registrations
 from server.context import Services
-from server.errors import ApiError
+from server.errors import ApiError, database_unavailable, first_line
+from server.lease import Lease
 from server.states import Change, scheduled_state, write_state
 
 BATCH = 200
+LEASE_NAME = "lazarus"
 
 
 def _stale(cutoff: Any) -> Any:
@@ -51,7 +54,9 @@ def sweep(services: Services) -> int:
 
 def _revive(conn: Connection, run_id: str, cutoff: Any, limit: int) -> int:
     fr = db.flow_run
-    row = conn.execute(select(fr).where(fr.c.id == run_id, _stale(cutoff))).first()
+    # Locked until commit (PostgreSQL), so a Running state or heartbeat arriving meanwhile waits, and the
+    # run is judged on what is written, not on what was read before.
+    row = conn.execute(select(fr).where(fr.c.id == run_id, _stale(cutoff)).with_for_update()).first()
     if row is None:
         return 0
     attempt = row.times_resurrected + 1
@@ -73,16 +78,37 @@ def _revive(conn: Connection, run_id: str, cutoff: Any, limit: int) -> int:
 
 
 async def run(services: Services, stop: asyncio.Event) -> None:
-    """Sweep zombies and abandoned registrations every `zombie_check_interval_s` until `stop` is set."""
-    interval = services.settings.zombie_check_interval_s
+    """Every `zombie_check_interval_s` until `stop` is set: renew the sweep's lease, and sweep zombies and
+    abandoned registrations in the rounds this replica holds it. The lease is released on the way out, so
+    another replica takes over at its next round instead of after the lease's ttl."""
+    settings = services.settings
+    lease = Lease(services.engine, LEASE_NAME, settings.lease_ttl_s, services.instance_id)
     loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        try:
-            await loop.run_in_executor(None, sweep, services)
-            await loop.run_in_executor(None, discard_stale_registrations, services)
-        except Exception:  # a transient database error must not end the service
-            logger.exception("lazarus sweep failed")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+    failing = False
+    try:
+        while not stop.is_set():
+            try:
+                if await loop.run_in_executor(None, lease.renew):
+                    await loop.run_in_executor(None, sweep, services)
+                    await loop.run_in_executor(None, discard_stale_registrations, services)
+                if failing:
+                    logger.info("lazarus: database available again")
+                failing = False
+            except Exception as exc:  # a transient database error must not end the service
+                failing = _report(exc, failing)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=settings.zombie_check_interval_s)
+            except TimeoutError:
+                pass
+    finally:
+        await loop.run_in_executor(None, lease.release)
+
+
+def _report(exc: Exception, failing: bool) -> bool:
+    """A lost database is logged once per outage; anything else with its traceback every time."""
+    if database_unavailable(exc) is None:
+        logger.exception("lazarus sweep failed")
+        return failing
+    if not failing:
+        logger.warning("lazarus: database unavailable, sweeping again when it is back: {}", first_line(exc))
+    return True

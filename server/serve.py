@@ -7,11 +7,11 @@ import signal
 
 from aiohttp import web
 from loguru import logger
-from sqlalchemy.engine import make_url
 
-from server import db, lazarus
+from server import db, lazarus, pg_notify
 from server.app import build_app
 from server.context import Services
+from server.migrate import upgrade as upgrade_schema
 from server.settings import ServerSettings
 
 
@@ -20,7 +20,7 @@ def open_services(settings: ServerSettings) -> Services:
     engine = db.create_db_engine(
         settings.database_url, pool_size=settings.worker_threads + 4,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-    db.migrate(engine)
+    upgrade_schema(engine)
     db.ensure_default_tenant(engine)
     return Services(settings=settings, engine=engine)
 
@@ -36,10 +36,11 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = _bound_port(runner, settings.port)
-    url = make_url(settings.database_url).render_as_string(hide_password=True)
+    url = db.shown_url(settings.database_url)
     logger.info("local-agent-server listening on http://{}:{} (auth: {}, database: {})",
                 settings.host, port, settings.auth, url)
     zombies = asyncio.create_task(lazarus.run(services, stop)) if settings.zombies_enabled else None
+    listener = pg_notify.start_listener(services.engine, services.events, services.instance_id)
     try:
         await stop.wait()
     finally:
@@ -47,8 +48,10 @@ async def serve(settings: ServerSettings) -> None:
         stop.set()
         services.events.close()  # long polls return now, so the drain below is quick
         if zombies is not None:
-            await zombies
+            await zombies  # releases the sweep's lease
         await runner.cleanup()
+        if listener is not None:
+            await loop.run_in_executor(None, listener.stop)
         services.engine.dispose()
         logger.info("stopped")
 

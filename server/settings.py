@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,9 @@ class ServerSettings(BaseSettings):
     zombie_check_interval_s: float = Field(30.0, gt=0)
     zombie_max_reschedules: int = Field(3, ge=0)
     zombies_enabled: bool = True
+    # Only the replica holding the `lazarus` lease sweeps; unset, the lease lasts three sweep intervals, so a
+    # replica that died is replaced within that (one that stops cleanly hands the lease over at once).
+    zombie_lease_ttl_s: float | None = Field(None, gt=0)
     # The same sweep removes flows whose registration never finished (crashed or abandoned) after this long.
     stale_registration_s: float = Field(1800.0, gt=0)
     # Queue: Prefect Server's queued_runs_returned_limit; candidates fetched = 3 x this.
@@ -78,3 +81,15 @@ class ServerSettings(BaseSettings):
     # last task states and logs still arrive), or after the maximum lifetime, whichever comes first.
     flow_run_token_grace_s: float = Field(60.0, ge=0)
     flow_run_token_max_lifetime_s: float = Field(72 * 3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlives_interval(self) -> ServerSettings:
+        if self.zombie_lease_ttl_s is not None and self.zombie_lease_ttl_s <= self.zombie_check_interval_s:
+            raise ValueError("zombie_lease_ttl_s must be longer than zombie_check_interval_s, or the sweep's "
+                             "lease runs out between two rounds and passes from replica to replica")
+        return self
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """How long the sweep's lease lasts without renewal."""
+        return self.zombie_lease_ttl_s or 3 * self.zombie_check_interval_s

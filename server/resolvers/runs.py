@@ -7,11 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from graphql import GraphQLResolveInfo
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from server import db
-from server.batches import cascade_cancelled, insert_in_batches
+from server.batches import cascade_cancelled, chunks
 from server.context import RequestContext
 from server.errors import ApiError, NotFoundError
 from server.limits import check_count, check_json_size, check_key, check_labels, check_name
@@ -80,7 +81,8 @@ def pick_parameters(args: dict[str, Any], group: Any, flow: Any) -> dict[str, An
     return params
 
 
-def _check_run_input(ctx: RequestContext, args: dict[str, Any]) -> None:
+def _check_run_input(ctx: RequestContext, args: dict[str, Any]) -> str | None:
+    """Checks the input; returns the idempotency key (None for none or an empty one)."""
     settings = ctx.settings
     for key in ("context", "run_config", "parameters"):
         if args.get(key) is not None and not isinstance(args[key], dict):
@@ -88,7 +90,7 @@ def _check_run_input(ctx: RequestContext, args: dict[str, Any]) -> None:
         check_json_size(settings, args.get(key), key)
     check_name(settings, args.get("flow_run_name") or None, "flow_run_name", required=False)
     check_labels(settings, args.get("labels"))
-    check_key(settings, args.get("idempotency_key"), "idempotency_key")
+    return check_key(settings, args.get("idempotency_key"), "idempotency_key")
 
 
 def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
@@ -97,12 +99,20 @@ def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
     A run without a state is invisible (reads) and not queueable, so a crash half-way shows nothing; the
     client's retry with the same idempotency key finds the run and finishes it.
     """
-    _check_run_input(ctx, args)
+    key = _check_run_input(ctx, args)
     with ctx.write() as conn:
         flow = _select_flow(conn, ctx, args)
-        row = _existing_run(conn, flow.id, args.get("idempotency_key"))
+        row = _existing_run(conn, flow.id, key)
         if row is None:
-            row = _insert_run(conn, ctx, flow, args)
+            try:
+                with conn.begin_nested():
+                    row = _insert_run(conn, flow, args, key)
+            except IntegrityError:
+                # Another replica inserted a run with this key after our look-up (the unique index
+                # uq_flow_run_idempotency waited for its commit): that run is the one.
+                row = _existing_run(conn, flow.id, key) if key else None
+                if row is None:
+                    raise
     if row.state is None:
         _precreate_task_runs(ctx, flow, row.id)
         _schedule_run(ctx, row)
@@ -118,7 +128,7 @@ def _existing_run(conn: Connection, flow_id: str, key: str | None) -> Any:
     return conn.execute(stmt.limit(1)).first()
 
 
-def _insert_run(conn: Connection, ctx: RequestContext, flow: Any, args: dict[str, Any]) -> Any:
+def _insert_run(conn: Connection, flow: Any, args: dict[str, Any], key: str | None) -> Any:
     group = conn.execute(select(db.flow_group).where(db.flow_group.c.id == flow.flow_group_id)).one()
     run_id = db.new_id()
     start: datetime = args.get("scheduled_start_time") or db.utcnow()
@@ -128,20 +138,28 @@ def _insert_run(conn: Connection, ctx: RequestContext, flow: Any, args: dict[str
         parameters=pick_parameters(args, group, flow),
         context=args.get("context") or {}, labels=pick_labels(args, group, flow),
         run_config=args.get("run_config") or group.run_config or flow.run_config,
-        idempotency_key=args.get("idempotency_key"), times_resurrected=0, created=db.utcnow()))
+        idempotency_key=key, times_resurrected=0, created=db.utcnow()))
     return conn.execute(select(db.flow_run).where(db.flow_run.c.id == run_id)).one()
 
 
 def _schedule_run(ctx: RequestContext, row: Any) -> None:
+    """The run's first state, once: the row is locked (PostgreSQL; SQLite's write lock covers it) so two
+    requests finishing one run (its idempotency key on two replicas) cannot both write Scheduled."""
     with ctx.write() as conn:
-        state = conn.execute(select(db.flow_run.c.state).where(db.flow_run.c.id == row.id)).scalar()
+        fr = db.flow_run
+        state = conn.execute(select(fr.c.state).where(fr.c.id == row.id).with_for_update()).scalar()
         if state is None:  # a concurrent retry may have finished it
             change = Change(scheduled_state(row.scheduled_start_time, "Flow run scheduled."))
             write_state(conn, db.flow_run, "flow", row.id, change, db.flow_run.c.id.is_not(None))
 
 
 def _precreate_task_runs(ctx: RequestContext, flow: Any, run_id: str) -> None:
-    """One Pending task run per task (map_index -1); those a crashed attempt already wrote are kept."""
+    """One Pending task run per task (map_index -1); those a crashed attempt already wrote are kept.
+
+    Several requests may finish one run at once (retries with its idempotency key, on several replicas):
+    each inserts what it found missing and skips rows another one inserted meanwhile, so every one of
+    them returns a complete run.
+    """
     tr = db.task_run
     with db.read_tx(ctx.engine) as conn:
         task = db.task
@@ -152,9 +170,20 @@ def _precreate_task_runs(ctx: RequestContext, flow: Any, run_id: str) -> None:
     rows = [_pending_task_run(flow.tenant_id, run_id, t.id, -1, t.cache_key, now)
             for t in tasks if t.id not in have]
     try:
-        insert_in_batches(ctx, tr, rows)
-    except IntegrityError as exc:  # a concurrent retry of the same creation
+        for batch in chunks(rows, ctx.settings.write_batch_rows):
+            with ctx.write() as conn:
+                conn.execute(_insert_skipping_duplicates(conn, tr), list(batch))
+    except IntegrityError as exc:  # a concurrent retry of the same creation, on a database without upserts
         raise ApiError("The flow run is being created by another request; try again.", "CONFLICT") from exc
+
+
+def _insert_skipping_duplicates(conn: Connection, table: Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING where the database has it (SQLite and PostgreSQL do)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return table.insert()
 
 
 def _pending_task_run(

@@ -8,7 +8,9 @@ unfinished task runs in batches, after that transaction (`server.batches`).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from graphql import GraphQLResolveInfo
 
@@ -19,6 +21,18 @@ from server.errors import ApiError
 from server.limits import check_count
 from server.resolvers.read import ctx_of
 from server.states import QUEUE_STATES, Change, set_flow_run_state, set_task_run_state, validate_state
+
+T = TypeVar("T")
+
+
+def in_lock_order(items: list[T], key: Callable[[T], str]) -> list[T]:
+    """The elements in the order of their run ids (stable for repeats of one run).
+
+    Each element's UPDATE locks its run's row until the transaction ends (PostgreSQL); two requests that
+    lock the same runs in different orders would deadlock, and one of them would fail. In one global order
+    they only wait for each other.
+    """
+    return sorted(items, key=key)
 
 
 def _check_batch(ctx: RequestContext, elements: list[dict[str, Any]]) -> None:
@@ -39,7 +53,7 @@ def resolve_set_flow_run_states(_obj: Any, info: GraphQLResolveInfo, input: dict
     items = [(item["flow_run_id"], validate_state(item["state"]), item.get("version"))
              for item in input["states"]]
     with ctx.write() as conn:
-        for run_id, state, version in items:
+        for run_id, state, version in in_lock_order(items, key=itemgetter(0)):
             change = Change(state, version, ctx.agent_id)
             set_flow_run_state(conn, run_id, change, ctx.scoped(db.flow_run))
     _cascade(ctx, [(run_id, state) for run_id, state, _ in items])
@@ -54,10 +68,10 @@ def _set_flow_run_states_partially(ctx: RequestContext, elements: list[dict[str,
     An agent claims every run due at once in one request; one run lost to another agent (or deleted) must
     not cost it the others. Still one write transaction, so the batch costs one commit.
     """
-    outcomes: list[dict[str, Any]] = []
     stored: list[tuple[str, dict[str, Any]]] = []
+    outcome_of: dict[int, dict[str, Any]] = {}
     with ctx.write() as conn:
-        for item in elements:
+        for index, item in in_lock_order(list(enumerate(elements)), key=lambda pair: pair[1]["flow_run_id"]):
             run_id = item["flow_run_id"]
             try:
                 with conn.begin_nested():
@@ -65,10 +79,11 @@ def _set_flow_run_states_partially(ctx: RequestContext, elements: list[dict[str,
                     set_flow_run_state(conn, run_id, Change(state, item.get("version"), ctx.agent_id),
                                        ctx.scoped(db.flow_run))
             except ApiError as exc:
-                outcomes.append({"id": run_id, "status": exc.code, "message": exc.message})
+                outcome_of[index] = {"id": run_id, "status": exc.code, "message": exc.message}
                 continue
             stored.append((run_id, state))
-            outcomes.append({"id": run_id, "status": "SUCCESS", "message": None})
+            outcome_of[index] = {"id": run_id, "status": "SUCCESS", "message": None}
+    outcomes = [outcome_of[index] for index in range(len(elements))]
     _cascade(ctx, stored)
     if any(state["type"] in QUEUE_STATES for _, state in stored):
         ctx.services.events.notify()
@@ -81,7 +96,7 @@ def resolve_set_task_run_states(_obj: Any, info: GraphQLResolveInfo, input: dict
     items = [(item["task_run_id"], validate_state(item["state"]), item.get("version"))
              for item in input["states"]]
     with ctx.write() as conn:
-        for run_id, state, version in items:
+        for run_id, state, version in in_lock_order(items, key=itemgetter(0)):
             set_task_run_state(conn, run_id, Change(state, version), ctx.scoped(db.task_run))
     if any(state["type"] in QUEUE_STATES for _, state, _ in items):
         ctx.services.events.notify()

@@ -98,3 +98,35 @@ def test_smoke_leaves_no_containers(smoke_results: Path, docker_client: docker.D
     flow_name = json.loads((smoke_results / "results.json").read_text())["meta"]["flow_name"]
     left = docker_client.api.containers(all=True, filters={"label": f"io.prefect.flow-name={flow_name}"})
     assert left == []
+
+
+SCALE_FIGURES = {
+    "queue-scale": ["postgres.median_ms", "postgres.p95_ms", "postgres.seed_s", "sqlite.median_ms",
+                    "sqlite.p95_ms", "sqlite.seed_s"],
+    "claims": ["rounds", "ratio_median"],
+    "wakeup": ["postgres", "sqlite"],
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", sorted(SCALE_FIGURES))
+def test_scale_benchmark_quick(name: str, tmp_path: Path) -> None:
+    """`python -m benchmarks <name> --quick` runs on a throwaway PostgreSQL and writes every figure."""
+    from tests.support.docker_fixtures import docker_required
+    from tests.support.postgres import find_bindir
+
+    if find_bindir() is None:
+        if docker_required():
+            pytest.fail("PostgreSQL is required (LOCAL_AGENT_REQUIRE_DOCKER=1)")
+        pytest.skip("PostgreSQL is not installed")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", name, "--quick", "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{tail}"
+    figures = json.loads((tmp_path / f"{name}-quick.json").read_text())["figures"]
+    assert [key for key in SCALE_FIGURES[name] if figures.get(key) is None] == []
+    if name == "claims":  # every seeded run claimed exactly once in both set-ups of every round
+        for pair in figures["rounds"]:
+            for setup in ("single", "replicated"):
+                assert pair[setup]["won"] == pair[setup]["distinct_won"] == pair[setup]["runs"]
+    assert (tmp_path / f"{name}-quick.md").read_text().startswith("# ")

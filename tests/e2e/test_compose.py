@@ -17,6 +17,7 @@ import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,22 @@ def isolated_env(project: str, port: int, agent_name: str) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def running_project(
+    docker_client: docker.DockerClient, project: ComposeProject, agent_name: str, *profile: str
+) -> Iterator[ComposeProject]:
+    """Yields the project; afterwards removes its agent's flow containers and everything `down -v` misses."""
+    try:
+        yield project
+    finally:
+        remove_containers(docker_client, f"io.local-agent.agent={agent_name}")  # the flow containers
+        project.run(*profile, "down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+        remove_containers(docker_client, f"com.docker.compose.project={project.name}")  # if `down` failed
+        label = f"com.docker.compose.project={project.name}"
+        for volume in docker_client.volumes.list(filters={"label": label}):
+            volume.remove(force=True)
+
+
 @pytest.fixture
 def compose_project(
     docker_client: docker.DockerClient, flow_image: str, tmp_path: Path
@@ -154,25 +171,19 @@ def compose_project(
     name = f"lae2e{RUN_ID[:8]}{os.getpid() % 10000}"
     agent_name = f"{name}-agent"
     project = ComposeProject(name, isolated_env(name, free_port(), agent_name), tmp_path)
-    try:
-        yield project
-    finally:
-        remove_containers(docker_client, f"io.local-agent.agent={agent_name}")  # the flow containers
-        project.run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
-        remove_containers(docker_client, f"com.docker.compose.project={name}")  # if `down` failed
-        for volume in docker_client.volumes.list(filters={"label": f"com.docker.compose.project={name}"}):
-            volume.remove(force=True)
+    with running_project(docker_client, project, agent_name) as running:
+        yield running
 
 
 # ------------------------------------------------------------------------------------------------ the test
 
 
-def demo_run_id(client: docker.DockerClient, project: ComposeProject) -> str:
+def demo_run_id(client: docker.DockerClient, project: ComposeProject, service: str = "demo") -> str:
     """Wait for the one-shot demo to exit 0 and read the run id from its JSON summary (last stdout line)."""
-    demo = client.containers.get(project.container_id("demo"))
+    demo = client.containers.get(project.container_id(service))
     result = demo.wait(timeout=SUCCESS_TIMEOUT_S)
     output = demo.logs().decode(errors="replace")
-    assert result["StatusCode"] == 0, f"demo exited {result}:\n{output}"
+    assert result["StatusCode"] == 0, f"{service} exited {result}:\n{output}\n--- logs\n{project.logs()}"
     summary = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
     (run_id,) = summary["flows"]["hello"]["runs"]
     return str(run_id)

@@ -31,6 +31,7 @@ from tests.support.prefect_fixtures import (
 
 pytestmark = pytest.mark.slow
 
+
 PARAMETERS = {"name": "pytest", "count": 4, "seconds": 120}
 EXECUTE_TIMEOUT = 150
 

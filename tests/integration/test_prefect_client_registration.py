@@ -23,6 +23,7 @@ from tests.support.prefect_fixtures import (
 
 pytestmark = pytest.mark.slow
 
+
 DUPLICATE_PROJECT = """
 import json
 from prefect import Client

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,12 @@ HELLO = json.dumps({"query": "{ hello }"}).encode()
 
 
 @pytest.fixture(scope="module")
-def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+def hostile_server(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url_factory: Callable[..., str]
+) -> Iterator[ServerHandle]:
     handle = start_server(tmp_path_factory.mktemp("exhaustion"), auth="token",
-                          env={"LOCAL_AGENT_SERVER_LOG_LEVEL": "INFO"})
+                          env={"LOCAL_AGENT_SERVER_LOG_LEVEL": "INFO"},
+                          database_url=module_database_url_factory())
     yield handle
     handle.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,10 +134,13 @@ class Replayer:
 
 
 @pytest.fixture(scope="module")
-def replay_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def replay_server(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url_factory: Callable[..., str]
+) -> Any:
     from tests.support.server_fixtures import start_server
 
-    handle = start_server(tmp_path_factory.mktemp("replay"), auth="none")
+    handle = start_server(tmp_path_factory.mktemp("replay"), auth="none",
+                          database_url=module_database_url_factory())
     yield handle
     handle.stop()
 

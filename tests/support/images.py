@@ -16,6 +16,8 @@ import fcntl
 import hashlib
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -148,30 +150,33 @@ def build_image(
     labels: Mapping[str, str] | None = None,
     include: Sequence[str] | None = None,
     client: docker.DockerClient | None = None,
+    buildargs: Mapping[str, str] | None = None,
 ) -> str:
     """Build `tag` from `context` unless an image with the same content hash exists; returns the tag.
 
-    `include` limits the context to these paths (the Dockerfile and `wheels/` are always added).
+    `include` limits the context to these paths (the Dockerfile and `wheels/` are always added); `buildargs`
+    go on top of the offline ones.
     """
     client = client or docker.from_env()
     context = context.resolve()
     dockerfile_rel = str((dockerfile or context / "Dockerfile").resolve().relative_to(context))
-    buildargs: dict[str, str] = {}
+    args: dict[str, str] = {}
     if offline_mode(client):
         ensure_wheels(list(wheel_requirements), context / "wheels")
-        buildargs = {"PYTHON_IMAGE": LOCAL_BASE_IMAGE, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"}
+        args = {"PYTHON_IMAGE": LOCAL_BASE_IMAGE, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"}
+    args.update(buildargs or {})
     if include is not None:
         include = [*include, dockerfile_rel, "wheels"]
     excludes = context_excludes(context, include)
     files = docker_build.exclude_paths(str(context), list(excludes), dockerfile=dockerfile_rel)
-    digest = content_hash(context, files, {"dockerfile": dockerfile_rel, "target": target, "args": buildargs,
+    digest = content_hash(context, files, {"dockerfile": dockerfile_rel, "target": target, "args": args,
                                            "requirements": list(wheel_requirements), "labels": labels})
     with file_lock(REPO_ROOT / ".cache" / f"build-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.lock"):
         old_id, old_hash = _existing(client, tag)
         if old_hash == digest:
             return tag
         fileobj = docker_build.tar(str(context), exclude=list(excludes), dockerfile=(dockerfile_rel, None))
-        _stream_build(client, fileobj, tag=tag, dockerfile=dockerfile_rel, target=target, buildargs=buildargs,
+        _stream_build(client, fileobj, tag=tag, dockerfile=dockerfile_rel, target=target, buildargs=args,
                       labels={**(labels or {}), HASH_LABEL: digest})
         _drop_superseded(client, old_id, tag)
     return tag
@@ -188,3 +193,71 @@ def build_flow_image(client: docker.DockerClient | None = None) -> str:
         labels={"io.local-agent.image": "example-flow"},
         client=client,
     )
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+POSTGRES_IMAGE_DIR = REPO_ROOT / "tests" / "support" / "postgres_image"
+#: What docker-compose.yml runs by default (LOCAL_AGENT_POSTGRES_IMAGE); pulled where a registry is reachable.
+OFFICIAL_POSTGRES_IMAGE = "postgres:16"
+#: Debian's packages behind the official image's environment contract, built where nothing can be pulled.
+POSTGRES_STAND_IN_IMAGE = "local-agent-postgres:stand-in"
+POSTGRES_PACKAGE = "postgresql-15"
+
+
+def postgres_image(client: docker.DockerClient | None = None) -> str:
+    """The image compose's `postgres` service runs in tests: the official one online, else the stand-in."""
+    client = client or docker.from_env()
+    if not offline_mode(client):
+        return OFFICIAL_POSTGRES_IMAGE
+    return build_postgres_stand_in(client)
+
+
+def build_postgres_stand_in(client: docker.DockerClient) -> str:
+    """The stand-in, built without network inside the build: the packages come from the host's apt."""
+    context = REPO_ROOT / ".cache" / "postgres-image"
+    with file_lock(REPO_ROOT / ".cache" / "postgres-debs.lock"):
+        context.mkdir(parents=True, exist_ok=True)
+        for name in ("Dockerfile", "docker-entrypoint.sh"):
+            shutil.copy2(POSTGRES_IMAGE_DIR / name, context / name)
+        ensure_postgres_debs(client, context / "debs")
+    return build_image(
+        context=context,
+        dockerfile=None,
+        tag=POSTGRES_STAND_IN_IMAGE,
+        labels={"io.local-agent.image": "postgres-stand-in"},
+        buildargs={"BASE_IMAGE": LOCAL_BASE_IMAGE},
+        client=client,
+    )
+
+
+def ensure_postgres_debs(client: docker.DockerClient, debs: Path) -> None:
+    """Download, once per base image, the packages PostgreSQL needs that the base image lacks.
+
+    apt resolves against the base image's own dpkg status file, so dependencies it already has are skipped
+    and alternatives are chosen as an install inside the image would choose them.
+    """
+    base_id = str(client.images.get(LOCAL_BASE_IMAGE).id).split(":")[-1][:12]
+    stamp = debs / f".complete-{base_id}"
+    if stamp.exists():
+        return
+    shutil.rmtree(debs, ignore_errors=True)
+    (debs / "partial").mkdir(parents=True)
+    status = debs.parent / "base-dpkg-status"
+    status.write_bytes(client.containers.run(
+        LOCAL_BASE_IMAGE, ["cat", "/var/lib/dpkg/status"], remove=True,
+        labels={"io.local-agent.image": "postgres-stand-in-probe"}))
+    download = ["apt-get", "-q", "-o", "Debug::NoLocking=1", "-o", f"Dir::State::status={status}",
+                "-o", f"Dir::Cache::archives={debs}", "install", "--yes", "--download-only",
+                "--no-install-recommends", POSTGRES_PACKAGE]
+    proc = subprocess.run(download, capture_output=True, text=True)
+    if proc.returncode != 0 and os.geteuid() == 0:  # the host's package lists may be older than the image
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True)
+        proc = subprocess.run(download, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"downloading {POSTGRES_PACKAGE} for the stand-in image failed (the host must "
+                              "run the base image's Debian release; try `apt-get update`):\n"
+                              f"{proc.stdout}\n{proc.stderr}")
+    shutil.rmtree(debs / "partial", ignore_errors=True)
+    (debs / "lock").unlink(missing_ok=True)
+    stamp.touch()

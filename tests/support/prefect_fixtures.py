@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,9 +361,12 @@ def running_backend(mode: str, workdir: Path, **server_kwargs: Any) -> Iterator[
 
 @pytest.fixture(scope="module", params=BACKEND_MODES)
 def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    module_database_url_factory: Callable[..., str],
 ) -> Iterator[PrefectBackend]:
-    """One server per backend mode for the whole test module (a module may override it, as
-    test_prefect_docker_agent.py does with a function-scoped one listening on 0.0.0.0)."""
-    with running_backend(request.param, tmp_path_factory.mktemp(f"server-{request.param}")) as backend:
+    """One server per backend mode for the whole test module, on the module's store (`db_backend`: SQLite,
+    or also PostgreSQL in the server modules). A module may override it, as test_prefect_docker_agent.py does
+    with a function-scoped one listening on 0.0.0.0."""
+    with running_backend(request.param, tmp_path_factory.mktemp(f"server-{request.param}"),
+                         database_url=module_database_url_factory()) as backend:
         yield backend

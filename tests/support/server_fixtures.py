@@ -1,8 +1,11 @@
 """The real `server/` as a subprocess on a free port (registered in tests/conftest.py).
 
-`start_server(tmp_path, auth=...)` runs `python -m server start ...` on its own SQLite file and waits until
-`query { hello }` answers. Fixtures: `server` (auth none), `token_server` (auth token) and `server_factory`
-(`factory(**start_server kwargs)`); every server a fixture started is stopped at teardown.
+`start_server(tmp_path, auth=...)` runs `python -m server start ...` and waits until `query { hello }`
+answers. Fixtures: `server` (auth none), `token_server` (auth token), `server_factory`
+(`factory(**start_server kwargs)`), `inproc_server` and `inproc_factory` (no HTTP); every server a fixture
+started is stopped at teardown. Each runs on a fresh database of the test's `db_backend`
+(tests/support/database_fixtures.py: SQLite, or also PostgreSQL in the server test modules) unless given a
+`database_url`.
 """
 
 from __future__ import annotations
@@ -124,12 +127,13 @@ class ServerHandle:
 class InProcessServer:
     """The GraphQL service without HTTP (fast unit tests): same parsing, auth, execution, JSON round trip."""
 
-    def __init__(self, tmp_path: Path, auth: str = "none", **settings: Any) -> None:
+    def __init__(self, tmp_path: Path, auth: str = "none", *, database_url: str | None = None,
+                 **settings: Any) -> None:
         from server.app import GraphQLService
         from server.serve import open_services
         from server.settings import ServerSettings
 
-        self.database_url = f"sqlite:///{tmp_path / 'inproc.db'}"
+        self.database_url = database_url or f"sqlite:///{tmp_path / 'inproc.db'}"
         self.services = open_services(ServerSettings(database_url=self.database_url, auth=auth,
                                                      zombies_enabled=False, **settings))
         self.service = GraphQLService(self.services)
@@ -172,11 +176,16 @@ def start_server(tmp_path: Path, *, auth: str = "none", host: str = "127.0.0.1",
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerHandle]]:
+def server_factory(
+    tmp_path: Path, database_url_factory: Callable[..., str]
+) -> Iterator[Callable[..., ServerHandle]]:
+    """`factory(**start_server kwargs)`: each server on a fresh database unless `database_url` is given
+    (pass another server's `database_url` for two processes on one database)."""
     started: list[ServerHandle] = []
 
     def factory(**kwargs: Any) -> ServerHandle:
         path = kwargs.pop("tmp_path", tmp_path / f"srv{len(started)}")
+        kwargs.setdefault("database_url", database_url_factory())
         handle = start_server(path, **kwargs)
         started.append(handle)
         return handle
@@ -187,11 +196,28 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerHandle]]:
 
 
 @pytest.fixture
-def inproc_server(tmp_path: Path) -> Iterator[InProcessServer]:
+def inproc_factory(
+    tmp_path: Path, database_url_factory: Callable[..., str]
+) -> Iterator[Callable[..., InProcessServer]]:
+    """`factory(auth="none", **settings)`: in-process servers, each on a fresh database of the test's backend
+    unless `database_url` is given; all closed at teardown."""
+    opened: list[InProcessServer] = []
+
+    def factory(auth: str = "none", **settings: Any) -> InProcessServer:
+        settings.setdefault("database_url", database_url_factory())
+        handle = InProcessServer(tmp_path / f"inproc{len(opened)}", auth, **settings)
+        opened.append(handle)
+        return handle
+
+    yield factory
+    for handle in opened:
+        handle.close()
+
+
+@pytest.fixture
+def inproc_server(inproc_factory: Callable[..., InProcessServer]) -> InProcessServer:
     """The API in this process (no HTTP, auth none): for fast unit tests of resolvers and rules."""
-    handle = InProcessServer(tmp_path)
-    yield handle
-    handle.close()
+    return inproc_factory()
 
 
 @pytest.fixture

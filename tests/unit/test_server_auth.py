@@ -15,8 +15,8 @@ from tests.support.server_fixtures import InProcessServer
 
 
 @pytest.fixture
-def token_inproc(tmp_path: Path) -> Iterator[InProcessServer]:
-    handle = InProcessServer(tmp_path, auth="token")
+def token_inproc(tmp_path: Path, database_url: str) -> Iterator[InProcessServer]:
+    handle = InProcessServer(tmp_path, auth="token", database_url=database_url)
     yield handle
     handle.close()
 
@@ -199,8 +199,8 @@ def test_a_non_ascii_authorization_header_is_malformed(token_inproc: InProcessSe
     assert "not valid ASCII" in body["errors"][0]["message"]
 
 
-def test_tenant_names_follow_the_name_limit_and_slugs_stay_unique(tmp_path: Path) -> None:
-    server = InProcessServer(tmp_path, auth="token", max_name_chars=8)
+def test_tenant_names_follow_the_name_limit_and_slugs_stay_unique(tmp_path: Path, database_url: str) -> None:
+    server = InProcessServer(tmp_path, auth="token", max_name_chars=8, database_url=database_url)
     try:
         admin = server.create_token("ADMIN")
         create = "mutation($n: String!, $s: String!) { create_tenant(input: {name: $n, slug: $s}) { id } }"

@@ -24,8 +24,8 @@ SET_TASKS = ("mutation($input: set_task_run_states_input!) "
 
 
 @pytest.fixture
-def srv(tmp_path: Path) -> Iterator[InProcessServer]:
-    handle = InProcessServer(tmp_path, **LIMITS)
+def srv(tmp_path: Path, database_url: str) -> Iterator[InProcessServer]:
+    handle = InProcessServer(tmp_path, database_url=database_url, **LIMITS)
     yield handle
     handle.close()
 

@@ -181,6 +181,15 @@ def test_idempotent_flow_run_and_naive_time_is_utc(inproc_server: InProcessServe
     assert len(api.call(inproc_server, "query { flow_run { id } }")["flow_run"]) == 1
 
 
+def test_an_empty_idempotency_key_is_no_key(inproc_server: InProcessServer) -> None:
+    """Two runs with key "" are two runs (the unique key index must not refuse the second)."""
+    flow_id = api.register_docker_flow(inproc_server, name="f", image_name="i", image_tag="1")
+    first = api.create_flow_run(inproc_server, flow_id, idempotency_key="")
+    second = api.create_flow_run(inproc_server, flow_id, idempotency_key="")
+    assert first != second
+    assert len(api.call(inproc_server, "query { flow_run { id } }")["flow_run"]) == 2
+
+
 def test_unknown_flow(inproc_server: InProcessServer) -> None:
     with pytest.raises(AssertionError, match="Flow 00000000-0000-4000-8000-000000000000 not found"):
         api.create_flow_run(inproc_server, "00000000-0000-4000-8000-000000000000")

@@ -15,7 +15,8 @@ from tests.support.server_fixtures import InProcessServer
 HOSTILE = [
     "'; DROP TABLE flow_run; --",
     'quote " and \\ backslash',
-    "emoji 🚀🔥 and \u0000 nul",
+    pytest.param("emoji 🚀🔥 and \u0000 nul", marks=pytest.mark.sqlite_only(
+        reason="PostgreSQL text cannot hold NUL; test_server_store_parity checks the error it gives there")),
     "%_%",
     "x" * 250,
 ]

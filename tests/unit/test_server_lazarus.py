@@ -1,4 +1,4 @@
-"""Zombie runs (Lazarus) and the migration path, in process."""
+"""Zombie runs (Lazarus) and the server settings, in process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from server import db, lazarus
 from server.settings import ServerSettings
@@ -16,8 +16,9 @@ from tests.support.server_fixtures import InProcessServer
 
 
 @pytest.fixture
-def zombie_server(tmp_path: Path) -> Iterator[InProcessServer]:
-    handle = InProcessServer(tmp_path, zombie_timeout_s=60, zombie_max_reschedules=2)
+def zombie_server(tmp_path: Path, database_url: str) -> Iterator[InProcessServer]:
+    handle = InProcessServer(tmp_path, zombie_timeout_s=60, zombie_max_reschedules=2,
+                             database_url=database_url)
     yield handle
     handle.close()
 
@@ -65,33 +66,6 @@ def test_live_and_finished_runs_are_left_alone(zombie_server: InProcessServer) -
     age_heartbeat(zombie_server, done)
     age_heartbeat(zombie_server, alive, seconds=30)
     assert lazarus.sweep(zombie_server.services) == 0
-
-
-def test_migrations_are_idempotent_and_recorded(tmp_path: Path) -> None:
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    assert db.migrate(engine) == db.LATEST_VERSION
-    assert db.migrate(engine) == db.LATEST_VERSION
-    first = db.ensure_default_tenant(engine)
-    assert db.ensure_default_tenant(engine) == first
-    with db.read_tx(engine) as conn:
-        assert conn.execute(select(db.schema_version.c.version)).scalars().all() == [db.LATEST_VERSION]
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    engine.dispose()
-
-
-def test_a_pending_migration_step_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    db.migrate(engine)
-    calls: list[int] = []
-
-    def step(conn: object) -> None:
-        calls.append(1)
-
-    monkeypatch.setattr(db, "MIGRATIONS", [(db.LATEST_VERSION + 1, step)])
-    assert db.migrate(engine) == db.LATEST_VERSION + 1
-    assert db.migrate(engine) == db.LATEST_VERSION + 1
-    assert calls == [1]
-    engine.dispose()
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

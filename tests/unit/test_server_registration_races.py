@@ -21,8 +21,8 @@ from tests.support.server_fixtures import InProcessServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[InProcessServer]:
-    handle = InProcessServer(tmp_path, write_batch_rows=2, max_tasks_per_flow=5)
+def server(tmp_path: Path, database_url: str) -> Iterator[InProcessServer]:
+    handle = InProcessServer(tmp_path, write_batch_rows=2, max_tasks_per_flow=5, database_url=database_url)
     yield handle
     handle.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import select, update
 
 from server import db, run_scope
 from server.auth import create_tenant, create_token, hash_token
@@ -33,8 +33,8 @@ class World:
     other_run_id: str
 
 
-def make_world(tmp_path: Path, **settings: Any) -> World:
-    server = InProcessServer(tmp_path, auth="token", **settings)
+def make_world(tmp_path: Path, database_url: str, **settings: Any) -> World:
+    server = InProcessServer(tmp_path, auth="token", database_url=database_url, **settings)
     user, runner = server.create_token("USER"), server.create_token("RUNNER")
     flow_id = api.register_docker_flow(server, name="f", image_name="i", image_tag="1", token=user)
     runs = [api.create_flow_run(server, flow_id, token=user) for _ in range(2)]
@@ -42,8 +42,8 @@ def make_world(tmp_path: Path, **settings: Any) -> World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    handle = make_world(tmp_path, token_cache_ttl_s=0)
+def world(tmp_path: Path, database_url: str) -> Iterator[World]:
+    handle = make_world(tmp_path, database_url, token_cache_ttl_s=0)
     yield handle
     handle.server.close()
 
@@ -106,23 +106,6 @@ def test_cli_path_refuses_to_create_a_flow_run_token_without_a_run(world: World)
         create_token(world.server.services.engine, "FLOW_RUN", "x")
 
 
-def test_migration_adds_the_token_columns_to_an_older_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = db.create_db_engine(url)
-    db.migrate(engine)
-    raw = create_engine(url)
-    with raw.begin() as conn:
-        for column in ("flow_run_id", "expires_at"):
-            conn.exec_driver_sql(f"ALTER TABLE api_token DROP COLUMN {column}")
-        conn.exec_driver_sql("UPDATE schema_version SET version = 2")  # as the previous release left it
-    raw.dispose()
-    assert db.migrate(engine) == 3
-    with db.read_tx(engine) as conn:
-        columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(api_token)")}
-    assert {"flow_run_id", "expires_at"} <= columns
-    engine.dispose()
-
-
 # -------------------------------------------------------------------------------------------------- minting
 
 
@@ -163,8 +146,8 @@ def test_minting_without_a_token_is_unauthenticated(world: World) -> None:
     assert code_of(body) == "UNAUTHENTICATED"
 
 
-def test_auth_none_refuses_to_mint_and_does_not_advertise(tmp_path: Path) -> None:
-    server = InProcessServer(tmp_path, auth="none")
+def test_auth_none_refuses_to_mint_and_does_not_advertise(tmp_path: Path, database_url: str) -> None:
+    server = InProcessServer(tmp_path, auth="none", database_url=database_url)
     try:
         flow_id = api.register_docker_flow(server, name="f", image_name="i", image_tag="1")
         run_id = api.create_flow_run(server, flow_id)
@@ -273,8 +256,10 @@ def test_a_requeued_run_does_not_revive_a_dead_token(world: World) -> None:
     assert "errors" not in log(world, fresh, world.run_id)
 
 
-def test_a_token_of_a_finished_run_with_zero_grace_is_rejected_at_once(tmp_path: Path) -> None:
-    world = make_world(tmp_path, token_cache_ttl_s=0, flow_run_token_grace_s=0)
+def test_a_token_of_a_finished_run_with_zero_grace_is_rejected_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    world = make_world(tmp_path, database_url, token_cache_ttl_s=0, flow_run_token_grace_s=0)
     try:
         token = api.create_flow_run_token(world.server, world.run_id, world.runner)
         assert "errors" not in log(world, token, world.run_id)
@@ -284,9 +269,9 @@ def test_a_token_of_a_finished_run_with_zero_grace_is_rejected_at_once(tmp_path:
         world.server.close()
 
 
-def test_max_lifetime_ends_the_token_even_while_cached(tmp_path: Path) -> None:
+def test_max_lifetime_ends_the_token_even_while_cached(tmp_path: Path, database_url: str) -> None:
     """The identity cache (5 s here) never keeps a token past its known end."""
-    world = make_world(tmp_path, token_cache_ttl_s=5, flow_run_token_max_lifetime_s=1)
+    world = make_world(tmp_path, database_url, token_cache_ttl_s=5, flow_run_token_max_lifetime_s=1)
     try:
         body = mint(world, world.run_id)["data"]["create_flow_run_token"]
         assert "errors" not in log(world, body["token"], world.run_id)  # now cached

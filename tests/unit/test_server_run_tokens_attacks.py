@@ -57,8 +57,11 @@ def _seed_run(server: InProcessServer, token: str, flow_id: str, running: bool =
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = InProcessServer(tmp_path_factory.mktemp("attacks"), auth="token")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url_factory: Callable[..., str]
+) -> Iterator[World]:
+    server = InProcessServer(tmp_path_factory.mktemp("attacks"), auth="token",
+                             database_url=module_database_url_factory())
     engine = server.services.engine
     admin, user = server.create_token("ADMIN"), server.create_token("USER")
     flow_a = api.register_docker_flow(server, name="a", image_name="i", image_tag="1", token=user)

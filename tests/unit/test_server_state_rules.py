@@ -27,8 +27,9 @@ def state(kind: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def srv(tmp_path: Path) -> Iterator[InProcessServer]:
-    handle = InProcessServer(tmp_path, write_batch_rows=2)  # small batches: the cascade takes 3 of them
+def srv(tmp_path: Path, database_url: str) -> Iterator[InProcessServer]:
+    # small batches: the cascade takes 3 of them
+    handle = InProcessServer(tmp_path, write_batch_rows=2, database_url=database_url)
     yield handle
     handle.close()
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
 from server import db
 from server.write_gate import FairGate, WriteLockTimeout, gate_for
+
+pytestmark = pytest.mark.sqlite_only(reason="the gate orders one process's SQLite writers; Postgres has none")
 
 
 def hold(gate: FairGate, entered: threading.Event, release: threading.Event) -> threading.Thread:
@@ -47,8 +48,8 @@ def test_a_nested_write_in_one_thread_is_refused_not_a_deadlock() -> None:
         pass
 
 
-def test_write_tx_uses_the_engines_busy_timeout(tmp_path: Path) -> None:
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'g.db'}", busy_timeout_ms=1234)
+def test_write_tx_uses_the_engines_busy_timeout(database_url: str) -> None:
+    engine = db.create_db_engine(database_url, busy_timeout_ms=1234)
     try:
         gate = gate_for(engine)
         assert gate is not None and gate.timeout_s == pytest.approx(1.234)
