@@ -1,5 +1,5 @@
 """From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery`,
-`queue-scale`, `claims`, `wakeup` (each `[--quick]`) or `clean`."""
+`queue-scale`, `claims`, `wakeup`, `schedule-lateness` (each `[--quick]`) or `clean`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         scale = sub.add_parser(name, help=f"{title}; writes results/{name}-<date>.json and .md")
         scale.add_argument("--quick", action="store_true", help="smoke-test sizes (numbers mean nothing)")
         scale.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
+    lateness = sub.add_parser("schedule-lateness", help="how late our agent launches the runs the server's "
+                              "scheduler created; writes results/schedule-lateness-<date>.json and .md")
+    lateness.add_argument("--quick", action="store_true", help="one minute, 6 runs (numbers mean nothing)")
+    lateness.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
     sub.add_parser("clean", help="remove the benchmark's cached images and its .cache/benchmarks directories")
     return parser
 
@@ -76,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
         written = run_recovery((args.out or RESULTS_DIR).resolve())
         print(Path(written["md"]).read_text())
+        return 0
+    if args.command == "schedule-lateness":
+        from benchmarks.schedule_lateness import run_schedule_lateness
+
+        paths = run_schedule_lateness(args.quick, (args.out or RESULTS_DIR).resolve())
+        print(paths["md"].read_text())
         return 0
     if args.command in SCALE_COMMANDS:
         from benchmarks.scale import run_scale

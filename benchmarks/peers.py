@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.config import REPO_ROOT
 
 PREFECT_VENV = REPO_ROOT / ".cache" / "prefect-1.4.1"
-PREFECT_REQUIREMENTS = ("prefect==1.4.1", "marshmallow<4")
+PREFECT_REQUIREMENTS = ("prefect==1.4.1", "marshmallow<4", "pendulum<3")  # pendulum 3 breaks its CronClock
 
 
 @dataclass

@@ -37,6 +37,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     select,
     true,
 )
@@ -135,6 +136,8 @@ flow = Table(
     Column("run_config", JsonType),
     Column("parameters", JsonType),
     Column("serialized_flow", JsonType),
+    # serialized_flow["schedule"], apart: the scheduler reads it every round, never the whole flow.
+    Column("schedule", JsonType),
     Column("settings", JsonType),
     Column("archived", Boolean, nullable=False, default=False),
     # False while a registration writes its tasks and edges in batches: such a flow is invisible.
@@ -187,6 +190,8 @@ flow_run = Table(
     Column("agent_id", Id),
     Column("idempotency_key", Text),
     Column("times_resurrected", Integer, nullable=False, default=0),
+    # True for the runs the scheduler created (server.scheduler): it counts, extends and removes only those.
+    Column("auto_scheduled", Boolean, nullable=False, server_default=false()),
     _created(),
     # The queue index: one range scan per queue state, already in state_start_time order.
     Index("ix_flow_run_queue", "tenant_id", "state", "state_start_time"),

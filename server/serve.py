@@ -1,4 +1,4 @@
-"""Server lifecycle: migrate, listen, sweep zombies, and shut down gracefully on SIGTERM/SIGINT."""
+"""Server lifecycle: migrate, listen, sweep zombies, schedule runs, stop gracefully on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 from aiohttp import web
 from loguru import logger
 
-from server import db, lazarus, pg_notify
+from server import db, lazarus, pg_notify, scheduler
 from server.app import build_app
 from server.context import Services
 from server.migrate import upgrade as upgrade_schema
@@ -40,6 +40,7 @@ async def serve(settings: ServerSettings) -> None:
     logger.info("local-agent-server listening on http://{}:{} (auth: {}, database: {})",
                 settings.host, port, settings.auth, url)
     zombies = asyncio.create_task(lazarus.run(services, stop)) if settings.zombies_enabled else None
+    scheduling = asyncio.create_task(scheduler.run(services, stop)) if settings.scheduler_enabled else None
     listener = pg_notify.start_listener(services.engine, services.events, services.instance_id)
     try:
         await stop.wait()
@@ -47,8 +48,9 @@ async def serve(settings: ServerSettings) -> None:
         logger.info("shutting down")
         stop.set()
         services.events.close()  # long polls return now, so the drain below is quick
-        if zombies is not None:
-            await zombies  # releases the sweep's lease
+        for service in (zombies, scheduling):
+            if service is not None:
+                await service  # releases its lease
         await runner.cleanup()
         if listener is not None:
             await loop.run_in_executor(None, listener.stop)

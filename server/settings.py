@@ -44,6 +44,13 @@ class ServerSettings(BaseSettings):
     zombie_lease_ttl_s: float | None = Field(None, gt=0)
     # The same sweep removes flows whose registration never finished (crashed or abandoned) after this long.
     stale_registration_s: float = Field(1800.0, gt=0)
+    # The scheduler keeps the upcoming runs of every flow with an active schedule created ahead, like Prefect
+    # Server: at most `scheduler_max_runs` runs and `scheduler_max_days` days ahead, whichever comes first.
+    # Only the replica holding the `scheduler` lease (ttl: three intervals, at least 30 s) schedules.
+    scheduler_enabled: bool = True
+    scheduler_interval_s: float = Field(10.0, gt=0)
+    scheduler_max_runs: int = Field(10, ge=1, le=1000)
+    scheduler_max_days: float = Field(10.0, gt=0)
     # Queue: Prefect Server's queued_runs_returned_limit; candidates fetched = 3 x this.
     queue_limit: int = Field(25, ge=1, le=1000)
     long_poll_max_s: float = Field(30.0, ge=0)
@@ -88,6 +95,12 @@ class ServerSettings(BaseSettings):
             raise ValueError("zombie_lease_ttl_s must be longer than zombie_check_interval_s, or the sweep's "
                              "lease runs out between two rounds and passes from replica to replica")
         return self
+
+    @property
+    def scheduler_lease_ttl_s(self) -> float:
+        """How long the scheduler's lease lasts without renewal: a dead replica is replaced within it. At
+        least 30 s, so that a round that creates many runs keeps it however short the interval."""
+        return max(3 * self.scheduler_interval_s, 30.0)
 
     @property
     def lease_ttl_s(self) -> float:

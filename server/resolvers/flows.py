@@ -13,12 +13,13 @@ from graphql import GraphQLResolveInfo
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from server import db
+from server import auto_runs, db, scheduler_wake
 from server.batches import insert_in_batches
 from server.context import RequestContext
 from server.errors import ApiError, NotFoundError
 from server.limits import check_count, check_key, check_name
 from server.resolvers.read import ctx_of
+from server.schedules import check_schedule
 
 MAX_FLOW_BYTES = 50 * 1024 * 1024
 SUCCESS = {"success": True, "error": None}
@@ -112,6 +113,7 @@ def create_flow(ctx: RequestContext, serialized: Any, args: dict[str, Any]) -> s
     settings = ctx.settings
     name = check_name(settings, serialized.get("name"), "Flow name")
     core_version = _core_version(serialized)
+    _check_schedule(serialized, bool(args.get("set_schedule_active", True)))
     key = check_key(settings, args.get("idempotency_key"), "idempotency_key")
     tasks = task_rows(ctx, serialized.get("tasks") or [], set())  # over the limit: refused before any write
     edges = _edges_of(ctx, serialized.get("edges") or [])
@@ -133,7 +135,35 @@ def create_flow(ctx: RequestContext, serialized: Any, args: dict[str, Any]) -> s
         flow_id = _insert_flow(conn, project, group_id, version_group, serialized, core_version, args)
     _store_tasks_and_edges(ctx, project.tenant_id, flow_id, tasks, edges)
     _publish(ctx, flow_id, group_id, args, key)
+    # The archived versions' unclaimed runs go; this version's schedule takes over at the next round.
+    auto_runs.remove_unclaimed(ctx.engine, ctx.settings.write_batch_rows, group_id, archived_only=True)
+    if args.get("set_schedule_active", True):
+        scheduler_wake.wake(ctx.services.instance_id)
     return flow_id
+
+
+def _check_schedule(serialized: dict[str, Any], activate: bool) -> None:
+    """A schedule the scheduler could not honour is refused now, not silently never run; required
+    parameters are checked only when the schedule is turned on, as Prefect Server does."""
+    schedule = serialized.get("schedule")
+    if check_schedule(schedule) is None or not activate:
+        return
+    _check_required(serialized.get("parameters"), schedule, {})
+
+
+def _check_required(parameters: Any, schedule: Any, group_defaults: Any) -> None:
+    """Every required parameter must get a value from each clock (or the flow group's defaults)."""
+    params = parameters if isinstance(parameters, list) else []
+    required = {p.get("name") for p in params if isinstance(p, dict) and p.get("required")}
+    required -= set(group_defaults if isinstance(group_defaults, dict) else {})
+    clocks = schedule.get("clocks") if isinstance(schedule, dict) else None
+    for clock in clocks if isinstance(clocks, list) else []:
+        defaults = clock.get("parameter_defaults") if isinstance(clock, dict) else None
+        missing = required - set(defaults if isinstance(defaults, dict) else {})
+        if missing:
+            raise ApiError(
+                f"Can not schedule a flow that has required parameters: {sorted(map(str, missing))} have no "
+                "value in the parameter_defaults of every clock of its schedule.", "BAD_USER_INPUT")
 
 
 def _publish(ctx: RequestContext, flow_id: str, group_id: str, args: dict[str, Any], key: str | None) -> None:
@@ -174,7 +204,8 @@ def _insert_flow(conn: Connection, project: Any, group_id: str, version_group: s
         version_group_id=version_group, name=serialized["name"], version=0, core_version=core_version,
         description=args.get("description"), storage=serialized.get("storage"),
         environment=serialized.get("environment"), run_config=serialized.get("run_config"),
-        parameters=serialized.get("parameters") or [], serialized_flow=serialized, settings={},
+        parameters=serialized.get("parameters") or [], serialized_flow=serialized,
+        schedule=serialized.get("schedule") or None, settings={},
         archived=False, ready=False, created=db.utcnow()))
     return flow_id
 
@@ -283,12 +314,22 @@ def resolve_register_edges(_obj: Any, info: GraphQLResolveInfo, input: dict[str,
 
 
 def _schedule(active: bool) -> Any:
+    """On: the scheduler creates the runs at its next round (woken now). Off: the flow group's future
+    auto-scheduled runs that no agent claimed are deleted, like Prefect Server."""
     def resolve(_obj: Any, info: GraphQLResolveInfo, input: dict[str, Any]) -> dict[str, Any]:
         ctx = ctx_of(info)
         with ctx.write() as conn:
             row = _flow_row(conn, ctx, input["flow_id"])
+            if active:
+                defaults = conn.execute(select(db.flow_group.c.default_parameters).where(
+                    db.flow_group.c.id == row.flow_group_id)).scalar()
+                _check_required(row.parameters, row.schedule, defaults)
             conn.execute(update(db.flow_group).where(db.flow_group.c.id == row.flow_group_id).values(
                 schedule_active=active))
+        if active:
+            scheduler_wake.wake(ctx.services.instance_id)
+        else:
+            auto_runs.remove_unclaimed(ctx.engine, ctx.settings.write_batch_rows, row.flow_group_id)
         return SUCCESS
 
     return resolve

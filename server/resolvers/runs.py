@@ -31,6 +31,15 @@ def _random_name() -> str:
     return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}"
 
 
+class FlowArchived(ApiError):
+    """The flow asked for is an archived version (the scheduler stops that flow quietly on it)."""
+
+
+class ScheduleStopped(ApiError):
+    """An auto-scheduled run of a flow whose schedule was turned off or whose version was archived since
+    the scheduler read it: no run is made."""
+
+
 def _select_flow(conn: Connection, ctx: RequestContext, args: dict[str, Any]) -> Any:
     flow = db.flow
     if args.get("flow_id"):
@@ -39,7 +48,7 @@ def _select_flow(conn: Connection, ctx: RequestContext, args: dict[str, Any]) ->
         if row is None:
             raise NotFoundError(f"Flow {args['flow_id']} not found.")
         if row.archived:
-            raise ApiError(f"Flow {row.id} is archived.")
+            raise FlowArchived(f"Flow {row.id} is archived.")
         return row
     if args.get("version_group_id"):
         row = conn.execute(select(flow).where(
@@ -93,11 +102,12 @@ def _check_run_input(ctx: RequestContext, args: dict[str, Any]) -> str | None:
     return check_key(settings, args.get("idempotency_key"), "idempotency_key")
 
 
-def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
+def create_flow_run(ctx: RequestContext, args: dict[str, Any], *, auto_scheduled: bool = False) -> str:
     """Insert without a state, pre-create its Pending task runs in batches, then Scheduled (version 1).
 
     A run without a state is invisible (reads) and not queueable, so a crash half-way shows nothing; the
-    client's retry with the same idempotency key finds the run and finishes it.
+    client's retry with the same idempotency key finds the run and finishes it. `auto_scheduled` marks the
+    scheduler's runs (not an API input).
     """
     key = _check_run_input(ctx, args)
     with ctx.write() as conn:
@@ -106,7 +116,7 @@ def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
         if row is None:
             try:
                 with conn.begin_nested():
-                    row = _insert_run(conn, flow, args, key)
+                    row = _insert_run(conn, flow, args, key, auto_scheduled)
             except IntegrityError:
                 # Another replica inserted a run with this key after our look-up (the unique index
                 # uq_flow_run_idempotency waited for its commit): that run is the one.
@@ -115,7 +125,7 @@ def create_flow_run(ctx: RequestContext, args: dict[str, Any]) -> str:
                     raise
     if row.state is None:
         _precreate_task_runs(ctx, flow, row.id)
-        _schedule_run(ctx, row)
+        _schedule_run(ctx, row, auto_scheduled)
         ctx.services.events.notify()
     return row.id  # type: ignore[no-any-return]
 
@@ -128,8 +138,10 @@ def _existing_run(conn: Connection, flow_id: str, key: str | None) -> Any:
     return conn.execute(stmt.limit(1)).first()
 
 
-def _insert_run(conn: Connection, flow: Any, args: dict[str, Any], key: str | None) -> Any:
-    group = conn.execute(select(db.flow_group).where(db.flow_group.c.id == flow.flow_group_id)).one()
+def _insert_run(
+    conn: Connection, flow: Any, args: dict[str, Any], key: str | None, auto_scheduled: bool
+) -> Any:
+    group = _group_of(conn, flow.id, auto_scheduled)
     run_id = db.new_id()
     start: datetime = args.get("scheduled_start_time") or db.utcnow()
     conn.execute(db.flow_run.insert().values(
@@ -138,19 +150,48 @@ def _insert_run(conn: Connection, flow: Any, args: dict[str, Any], key: str | No
         parameters=pick_parameters(args, group, flow),
         context=args.get("context") or {}, labels=pick_labels(args, group, flow),
         run_config=args.get("run_config") or group.run_config or flow.run_config,
-        idempotency_key=key, times_resurrected=0, created=db.utcnow()))
+        idempotency_key=key, times_resurrected=0, auto_scheduled=auto_scheduled, created=db.utcnow()))
     return conn.execute(select(db.flow_run).where(db.flow_run.c.id == run_id)).one()
 
 
-def _schedule_run(ctx: RequestContext, row: Any) -> None:
+def _group_of(conn: Connection, flow_id: str, auto_scheduled: bool) -> Any:
+    """The flow's group; for the scheduler's runs locked and checked: the schedule still on and the version
+    not archived. Turning the schedule off or archiving writes the group row too, so either that writer
+    waits for this transaction (and its removal then finds the run) or this one sees its change."""
+    flow, group = db.flow, db.flow_group
+    stmt = select(group).where(group.c.id == select(flow.c.flow_group_id).where(
+        flow.c.id == flow_id).scalar_subquery())
+    if not auto_scheduled:
+        return conn.execute(stmt).one()
+    row = conn.execute(stmt.with_for_update()).one()
+    archived = conn.execute(select(flow.c.archived).where(flow.c.id == flow_id)).scalar()
+    if archived or not row.schedule_active:
+        raise ScheduleStopped(f"Flow {flow_id}: its schedule is off or the version archived.")
+    return row
+
+
+def _schedule_run(ctx: RequestContext, row: Any, auto_scheduled: bool = False) -> None:
     """The run's first state, once: the row is locked (PostgreSQL; SQLite's write lock covers it) so two
-    requests finishing one run (its idempotency key on two replicas) cannot both write Scheduled."""
+    requests finishing one run (its idempotency key on two replicas) cannot both write Scheduled.
+
+    A scheduler's run whose schedule went off since its insert becomes a tombstone instead (no key, no
+    state), which the next scheduler round removes."""
+    fr = db.flow_run
+    stopped: ScheduleStopped | None = None
     with ctx.write() as conn:
-        fr = db.flow_run
         state = conn.execute(select(fr.c.state).where(fr.c.id == row.id).with_for_update()).scalar()
-        if state is None:  # a concurrent retry may have finished it
+        if state is None and auto_scheduled:
+            try:
+                _group_of(conn, row.flow_id, auto_scheduled)
+            except ScheduleStopped as exc:
+                stopped = exc
+                conn.execute(update(fr).where(fr.c.id == row.id, fr.c.state.is_(None)).values(
+                    idempotency_key=None))
+        if state is None and stopped is None:  # a concurrent retry may have finished it
             change = Change(scheduled_state(row.scheduled_start_time, "Flow run scheduled."))
             write_state(conn, db.flow_run, "flow", row.id, change, db.flow_run.c.id.is_not(None))
+    if stopped is not None:
+        raise stopped
 
 
 def _precreate_task_runs(ctx: RequestContext, flow: Any, run_id: str) -> None:

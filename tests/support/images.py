@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO_ROOT / "examples"
 FLOW_IMAGE = "local-agent-example-flow:1.4.1"
 #: What the flow image and the test virtualenv install: marshmallow 4 breaks Prefect 1.x serialization.
-PREFECT_REQUIREMENTS = ("prefect==1.4.1", "marshmallow<4")
+PREFECT_REQUIREMENTS = ("prefect==1.4.1", "marshmallow<4", "pendulum<3")  # pendulum 3 breaks its CronClock
 LOCAL_BASE_IMAGE = "local/python:3.11-slim"
 HASH_LABEL = "io.local-agent.content-hash"
 ALWAYS_EXCLUDED = (
