@@ -31,6 +31,7 @@ from agent.ops.logs import configure_logging
 from agent.ops.metrics import METRICS
 from agent.runtime.docker import DockerError, DockerRuntime
 from agent.runtime.engine import DockerEngine
+from agent.runtime.engines import open_runtime
 from agent.runtime.port import ContainerRuntime
 from agent.session import Session, StartupError, open_session
 from agent.settings import Settings, load_settings, settings_secrets
@@ -63,7 +64,7 @@ class LocalAgent:
         self.stop = StopSignal()
         self.forced = False  # a second signal arrived
         if runtime is None or isinstance(runtime, DockerRuntime):
-            docker = runtime or DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
+            docker = runtime or open_runtime(settings)
             runtime = DockerEngine(docker, settings.max_concurrent_launches + ENGINE_THREADS_EXTRA)
         self.runtime: ContainerRuntime = runtime
         self.admission = Admission(settings, runtime)

@@ -30,7 +30,8 @@ from agent.ops.logs import Masker
 from agent.ops.redact import mask_data, mask_env_value
 from agent.policy.options import DEFAULT, RUN, Decision, env_of
 from agent.policy.rules import Policy, PolicyDenied, human_bytes, normalize_image
-from agent.runtime.docker import DockerError, DockerRuntime
+from agent.runtime.docker import ContainerSpec, DockerError
+from agent.runtime.engines import open_runtime, swarm_options
 from agent.settings import Settings, settings_secrets
 
 FIXED = "flow runner (fixed)"
@@ -48,6 +49,7 @@ class Explanation:
     image: str | None = None
     fields: list[Decision] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    service: dict[str, Any] | None = None  # the Swarm service spec (engine swarm), secrets masked
 
     def add(self, name: str, value: Any, source: str, note: str = "") -> None:
         self.fields.append(Decision(name, value, source, note))
@@ -124,7 +126,27 @@ def _explain(run: FlowRun, settings: Settings, identity: Identity, image_present
     for key, value in spec.labels.items():
         source = FIXED if key.startswith(("io.prefect.", "io.local-agent.")) else env_of("container_labels")
         result.add(f"label {key}", value, source)
+    if settings.engine == "swarm":
+        _service(result, spec, settings, mask)
     return result
+
+
+def _service(result: Explanation, spec: ContainerSpec, settings: Settings, mask: Masker) -> None:
+    """The replicated-job service the Swarm runtime would create (the image as named: the runtime pins it
+    by digest or ID at launch), or why Swarm cannot run this container."""
+    from agent.runtime.swarm_spec import service_spec
+
+    try:
+        service = service_spec(spec, swarm_options(settings), spec.image)
+    except DockerError as exc:
+        result.verdict, result.reason = "cannot launch", str(exc)
+        return
+    masked = _jsonable(service)
+    env = ((masked.get("task_template") or {}).get("ContainerSpec") or {}).get("Env") or []
+    for index, entry in enumerate(env):
+        key, _, value = str(entry).partition("=")
+        env[index] = f"{key}={mask_env_value(key, value, mask)}"
+    result.service = mask_data(masked, mask)
 
 
 def _pull(result: Explanation, settings: Settings, image: str, present: bool | None) -> None:
@@ -177,13 +199,16 @@ def render(result: Explanation) -> str:
         note = f": {decision.note}" if decision.note else ""
         lines.append(f"  {decision.field} = {shown}    [{decision.source}{note}]")
     lines += [f"Run log notice: {notice}" for notice in result.notices]
+    if result.service is not None:
+        lines += ["Swarm service (replicated job, one task, no restart):",
+                  json.dumps(result.service, indent=2, sort_keys=True)]
     return "\n".join(lines)
 
 
 def _image_present(settings: Settings, image: str | None) -> bool | None:
     if image is None:
         return None
-    runtime = DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
+    runtime = open_runtime(settings)
     try:
         return runtime.image_present(image)
     except DockerError:

@@ -19,7 +19,7 @@ from agent.launch.plan import Identity, flow_api_url
 from agent.launch.run_tokens import CAPABILITY as RUN_TOKENS
 from agent.ops.backoff import FailureBackoff
 from agent.ops.redact import mask_urls
-from agent.runtime.docker_types import DockerUnavailable
+from agent.runtime.docker_types import DockerError, DockerUnavailable
 from agent.runtime.port import ContainerRuntime
 from agent.settings import Settings
 from agent.startup import alongside
@@ -95,7 +95,10 @@ async def _check_engine(runtime: ContainerRuntime) -> str:
     except DockerUnavailable as exc:
         raise StartupError(str(exc), EXIT_DOCKER) from exc
     logger.debug("Docker daemon at {address} answered", address=runtime.address)
-    return await runtime.host_id()
+    try:
+        return await runtime.host_id()
+    except DockerError as exc:  # the engine answers but cannot serve (a swarm node that is no manager)
+        raise StartupError(str(exc), EXIT_DOCKER) from exc
 
 
 async def _connect_backend(settings: Settings, cloud: CloudClient,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -160,11 +161,19 @@ class Settings(BaseSettings):
     watch_interval: PositiveFloat = 5.0
     keep_failed_containers_hours: float = Field(24.0, ge=0)
     cleanup_interval: PositiveFloat = 300.0
+    # The engine flow runs start on (docs/running.md): this Docker host, or a Docker Swarm through a manager.
+    engine: Literal["docker", "swarm"] = "docker"
+    swarm_constraints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    swarm_preferences: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    swarm_network: str = Field("local-agent-flows", pattern=r"^$|^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    swarm_schedule_timeout: PositiveFloat = 120.0
+    swarm_gpu_resource: str = ""
 
     _labels = field_validator("labels", mode="before")(parse_labels)
     _env_vars = field_validator("env_vars", "container_labels", mode="before")(parse_env_vars)
     _lists = field_validator(
-        "network", "volumes", "allowed_images", "allowed_run_overrides", "allowed_host_paths", mode="before"
+        "network", "volumes", "allowed_images", "allowed_run_overrides", "allowed_host_paths",
+        "swarm_constraints", "swarm_preferences", mode="before",
     )(parse_labels)
 
     @field_validator("volumes")
@@ -200,6 +209,13 @@ class Settings(BaseSettings):
     @classmethod
     def _overrides(cls, value: list[str]) -> list[str]:
         return validate_overrides(value)
+
+    @field_validator("swarm_constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        if bad := [c for c in value if not re.fullmatch(r"\s*[\w.-]+\s*(==|!=)\s*\S.*", c)]:
+            raise ValueError(f"placement constraints look like node.labels.zone==east, not like {bad}")
+        return value
 
     @field_validator("allowed_host_paths")
     @classmethod

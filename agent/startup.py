@@ -64,9 +64,9 @@ async def alongside(check: Awaitable[C], work: Awaitable[T]) -> tuple[C, T]:
 
 def warm_docker(settings: Settings) -> DockerRuntime:
     """The agent's Docker runtime, its first connection opened in a daemon thread (see module docstring)."""
-    from agent.runtime.docker import DockerRuntime  # docker-py is already imported with the settings
+    from agent.runtime.engines import open_runtime  # docker-py is already imported with the settings
 
-    runtime = DockerRuntime(base_url=settings.base_url, timeout=settings.docker_timeout)
+    runtime = open_runtime(settings)
 
     def ping() -> None:
         with contextlib.suppress(Exception):

@@ -1,5 +1,5 @@
 """From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery`,
-`queue-scale`, `claims`, `wakeup`, `schedule-lateness` (each `[--quick]`) or `clean`."""
+`queue-scale`, `claims`, `wakeup`, `schedule-lateness`, `swarm` (each `[--quick]`) or `clean`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                               "scheduler created; writes results/schedule-lateness-<date>.json and .md")
     lateness.add_argument("--quick", action="store_true", help="one minute, 6 runs (numbers mean nothing)")
     lateness.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
+    swarm = sub.add_parser("swarm", help="our agent on Docker Swarm vs the Swarm ceiling and vs its docker "
+                           "engine (the daemon must be a swarm manager); writes results/swarm-<date>.*")
+    swarm.add_argument("--quick", action="store_true", help="4 runs per burst (numbers mean nothing)")
+    swarm.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
     sub.add_parser("clean", help="remove the benchmark's cached images and its .cache/benchmarks directories")
     return parser
 
@@ -85,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.schedule_lateness import run_schedule_lateness
 
         paths = run_schedule_lateness(args.quick, (args.out or RESULTS_DIR).resolve())
+        print(paths["md"].read_text())
+        return 0
+    if args.command == "swarm":
+        from benchmarks.swarm import run_swarm
+
+        paths = run_swarm(args.quick, (args.out or RESULTS_DIR).resolve())
         print(paths["md"].read_text())
         return 0
     if args.command in SCALE_COMMANDS:

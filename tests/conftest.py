@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.support.runtime_fixtures",
     "tests.support.postgres",
     "tests.support.database_fixtures",
+    "tests.support.swarm_fixtures",
 ]
 
 DOCKER_FIXTURES = {"docker_client", "flow_image", "busybox_image", "registry", "stand_in_image", "runtime"}

@@ -16,6 +16,7 @@ rely on:
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Any
 import docker
 import docker.errors
 import docker.utils
+from loguru import logger
 
 from agent.runtime import docker_launch
 from agent.runtime.docker_clients import ClientPool, label_filters
@@ -119,6 +121,16 @@ class DockerRuntime:
         """The daemon's `docker info` payload (ID, Name, ...): `ID` identifies the Docker host."""
         with self.errors("read the daemon info"):
             return dict(self.client().info())
+
+    def host_identity(self) -> str:
+        """The daemon's `docker info` ID: stable across restarts and the same through any socket or proxy to
+        that daemon, which is what matters (containers live there). The hostname is the fallback."""
+        try:
+            found = self.info().get("ID")
+        except DockerError as exc:
+            logger.debug("docker info failed, the hostname identifies this host: {error}", error=exc)
+            found = None
+        return str(found) if found else f"host:{socket.gethostname()}"
 
     def daemon_facts(self) -> DaemonFacts:
         """Docker reports no start time, but dockerd recreates its default `bridge` network at every start:

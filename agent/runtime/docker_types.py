@@ -253,6 +253,7 @@ class ContainerInfo:
     image: str = ""  # the reference it was created from
     image_id: str = ""
     error: str | None = None  # the daemon's error when starting failed
+    kind: str = "container"  # "service": a run of the swarm engine (its logs: `docker service logs`)
 
     @property
     def running(self) -> bool:

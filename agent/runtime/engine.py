@@ -8,7 +8,6 @@ cancelled from asyncio, so the process must be able to exit past it), and counts
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +19,7 @@ from loguru import logger
 
 from agent.ops.metrics import METRICS
 from agent.runtime.docker import DockerRuntime
-from agent.runtime.docker_types import ContainerInfo, ContainerSpec, DaemonFacts, DockerError, LaunchResult
+from agent.runtime.docker_types import ContainerInfo, ContainerSpec, DaemonFacts, LaunchResult
 from agent.runtime.port import BeforeStart, Labels, Stream
 
 P = ParamSpec("P")
@@ -88,14 +87,8 @@ class DockerEngine:
         await self._run(self.docker.ping)
 
     async def host_id(self) -> str:
-        """The daemon's `docker info` ID: stable across restarts and the same through any socket or proxy to
-        that daemon, which is what matters (containers live there). The hostname is the fallback."""
-        try:
-            found = (await self._run(self.docker.info)).get("ID")
-        except DockerError as exc:
-            logger.debug("docker info failed, the hostname identifies this host: {error}", error=exc)
-            found = None
-        return str(found) if found else f"host:{socket.gethostname()}"
+        """Where this agent's runs live (`DockerRuntime.host_identity`): a daemon, or a whole swarm."""
+        return await self._run(self.docker.host_identity)
 
     async def daemon_facts(self) -> DaemonFacts:
         return await self._run(self.docker.daemon_facts)

@@ -55,10 +55,13 @@ def removal_reason(info: ContainerInfo, run_state: str | None, keep_hours: float
     return None
 
 
-def keep_notice(container_name: str, keep_hours: float) -> str:
+def keep_notice(container_name: str, keep_hours: float, kind: str = "container") -> str:
     """The run-log sentence telling a user how long the evidence stays and how to read it."""
     if keep_hours <= 0:
-        return f"The container {container_name} is removed at the next cleanup."
+        return f"The {kind} {container_name} is removed at the next cleanup."
+    if kind == "service":
+        return (f"The service is kept for {keep_hours:g} h in the swarm for debugging: "
+                f"docker service logs {container_name}")
     return (f"The container is kept for {keep_hours:g} h on the agent's Docker host for debugging: "
             f"docker logs {container_name}")
 

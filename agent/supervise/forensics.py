@@ -23,16 +23,19 @@ async def exit_report(runtime: ContainerRuntime, name: str, info: ContainerInfo 
         summary = f"Flow run container {name} disappeared while the run was {state}"
         return summary, summary + " (removed outside the agent); its output is lost."
     killed = " after being OOM-killed (out of memory)" if info.oom_killed else ""
-    summary = f"Flow run container {info.name} exited with code {info.exit_code}{killed}"
+    summary = f"Flow run {info.kind} {info.name} exited with code {info.exit_code}{killed}"
+    if info.exit_code is None and info.error:  # never ran: the engine's reason (Swarm could not place it)
+        summary = f"Flow run {info.kind} {info.name} did not run: {info.error}"
     image = await _quiet(runtime.image_digest(info.image)) or info.image_id
     tail = await _quiet(runtime.logs_tail(info.id, TAIL_LINES))
     lines = [
         f"{summary} while the run was {state}.",
         f"Exit code: {info.exit_code}",
+        *([f"Engine error: {info.error}"] if info.error else []),
         f"OOMKilled: {str(info.oom_killed).lower()}",
         f"Image: {info.image}" + (f" ({image})" if image else ""),
-        f"Container: {info.name} ({info.id[:12]})",
-        keep_notice(info.name, keep_hours),
+        f"{info.kind.capitalize()}: {info.name} ({info.id[:12]})",
+        keep_notice(info.name, keep_hours, info.kind),
         f"Last {TAIL_LINES} lines of its output:",
         (tail or "(no output)").rstrip("\n"),
     ]
