@@ -1,11 +1,12 @@
 """`python -m benchmarks swarm [--quick]`: our agent on Docker Swarm against the Swarm ceiling and against
 itself on plain Docker, in one run on one daemon (which must already be a swarm manager; never changed here).
 
-Five bursts of N runs each, in this order, on the stand-in flow image (busybox plus a no-op `/bin/prefect`):
-1. the Swarm ceiling: docker-py creating N replicated-job services directly (`swarm_ceiling.py`);
-2. the same on an attachable overlay network, as the agent's services join its flow network;
-3. our agent with `PREFECT__CLOUD__AGENT__ENGINE=swarm`; 4. our agent with the docker engine;
-5. the Swarm ceiling again, to show how far the engine's own speed drifted during the run.
+Six bursts of N runs each, in this order, on the stand-in flow image (busybox plus a no-op `/bin/prefect`),
+each agent burst right after the ceiling measured the same way (its like-for-like ratio spans no other burst):
+1. the Swarm ceiling: docker-py creating N replicated-job services directly, no network (`swarm_ceiling.py`);
+2. our agent with `PREFECT__CLOUD__AGENT__ENGINE=swarm` and `SWARM_NETWORK=""`: no overlay, as in 1;
+3. the ceiling on an attachable overlay network; 4. our swarm agent on its default flow network (an overlay);
+5. our agent with the docker engine; 6. the ceiling again: how far the engine's own speed drifted.
 An agent runs as `python -m agent start` against a real server (SQLite) through a counting proxy; it is
 polling when its N runs are created, all due at one instant `lead_s` ahead (`go`). The ceiling's `go` is its
 first create call. Throughput = N / (last task container exit - go); lateness = container start - go (and,
@@ -129,24 +130,45 @@ def _create_runs(env: Env, label: str, go: float, tag: str) -> list[str]:
         return list(pool.map(one, range(env.sizes.runs)))
 
 
-def _agent(env: Env, engine: str, proxy: CountingProxy) -> AgentProcess:
-    log_dir = env.work / engine
+@dataclass(frozen=True)
+class AgentVariant:
+    """One agent burst: its name in the results, the engine, and any further agent settings."""
+
+    burst: str
+    engine: str
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+SWARM_AGENT = AgentVariant("swarm-agent", "swarm")  # the default flow network: an attachable overlay
+SWARM_AGENT_NO_OVERLAY = AgentVariant("swarm-agent-no-overlay", "swarm",
+                                      (("PREFECT__CLOUD__AGENT__SWARM_NETWORK", ""),))
+DOCKER_AGENT = AgentVariant("docker-agent", "docker")
+
+
+def _agent_name(env: Env, variant: AgentVariant) -> str:
+    return f"bench-{variant.burst}-{env.token}"
+
+
+def _agent(env: Env, variant: AgentVariant, proxy: CountingProxy) -> AgentProcess:
+    log_dir = env.work / variant.burst
     log_dir.mkdir(exist_ok=True)
-    name = f"bench-{engine}-{env.token}"
-    agent = our_agent(proxy.url, env.server.port, f"bench-{engine}-{env.token}", name, log_dir)
-    agent.env["PREFECT__CLOUD__AGENT__ENGINE"] = engine
+    name = _agent_name(env, variant)
+    agent = our_agent(proxy.url, env.server.port, name, name, log_dir)
+    agent.env["PREFECT__CLOUD__AGENT__ENGINE"] = variant.engine
+    agent.env.update(dict(variant.settings))
     return agent
 
 
-def agent_burst(env: Env, engine: str) -> Burst:
+def agent_burst(env: Env, variant: AgentVariant) -> Burst:
     """The agent polling, N runs due together `lead_s` ahead: every run's container start and exit."""
-    with CountingProxy(env.server.url, f"swarm-bench-{engine}") as proxy:
-        agent = _agent(env, engine, proxy)
+    engine = variant.engine
+    with CountingProxy(env.server.url, f"swarm-bench-{variant.burst}") as proxy:
+        agent = _agent(env, variant, proxy)
         try:
             _wait_first_poll(agent, proxy, agent.start(), 60.0)
             time.sleep(1.0)  # its first long poll in flight, as in normal operation
             go = time.time() + env.sizes.lead_s
-            runs = _create_runs(env, agent.label, go, engine)
+            runs = _create_runs(env, agent.label, go, variant.burst)
             if not env.clock.wait_done(runs, env.sizes.timeout_s) and not agent.alive():
                 raise _failure(agent, "the agent died mid-burst")
             proxy.wait_quiet(quiet_s=2.0, timeout=15.0)  # the trailing Submitted / log writes
@@ -158,10 +180,12 @@ def agent_burst(env: Env, engine: str) -> Burst:
             agent.stop()
     backend.finish_runs(env.server.url, runs)
     extra: dict[str, Any] = {"requests_per_run": round(requests / max(len(runs), 1), 2),
+                             "agent_settings": {"ENGINE": engine, **{k.rsplit("__", 1)[-1]: v
+                                                                      for k, v in variant.settings}},
                              "log": str(agent.log_path)}
     if engine == "swarm":
         extra |= {"task_states": states, "service_spec": shape}
-    return Burst(f"{engine}-agent", go, dict.fromkeys(runs, go),
+    return Burst(variant.burst, go, dict.fromkeys(runs, go),
                  {r: env.clock.starts[r] for r in runs if r in env.clock.starts},
                  {r: env.clock.dies[r] for r in runs if r in env.clock.dies}, extra)
 
@@ -182,9 +206,10 @@ def service_shape(client: docker.DockerClient, labels: dict[str, str]) -> dict[s
 def _clean(env: Env) -> None:
     remove_services(env.client, {FLOW_NAME_LABEL: env.flow_name})
     remove_flow_containers(env.client, env.flow_name)
-    agent_name = f"bench-swarm-{env.token}"
-    for network in env.client.api.networks(filters={"label": f"{AGENT_LABEL}={agent_name}"}):
-        remove_network(env.client, network["Id"])  # the flow network our swarm agent created, if it did
+    for variant in (SWARM_AGENT, SWARM_AGENT_NO_OVERLAY):
+        label = f"{AGENT_LABEL}={_agent_name(env, variant)}"
+        for network in env.client.api.networks(filters={"label": label}):
+            remove_network(env.client, network["Id"])  # the flow network a swarm agent created, if it did
 
 
 def _phase(results: dict[str, Any], errors: dict[str, str], name: str, fn: Any) -> None:
@@ -196,14 +221,16 @@ def _phase(results: dict[str, Any], errors: dict[str, str], name: str, fn: Any) 
 
 
 def one_round(env: Env, network: str) -> dict[str, Any]:
-    """The five bursts in order; their figures, errors and same-round ratios."""
+    """The six bursts in order; their figures, errors and same-round ratios."""
     bursts: dict[str, Any] = {}
     errors: dict[str, str] = {}
     _phase(bursts, errors, "swarm-ceiling", lambda: _ceiling(env, None))
-    _phase(bursts, errors, "swarm-ceiling+overlay", lambda: _ceiling(env, network))
-    _phase(bursts, errors, "swarm-agent", lambda: agent_burst(env, "swarm"))
+    _phase(bursts, errors, SWARM_AGENT_NO_OVERLAY.burst, lambda: agent_burst(env, SWARM_AGENT_NO_OVERLAY))
     _clean(env)
-    _phase(bursts, errors, "docker-agent", lambda: agent_burst(env, "docker"))
+    _phase(bursts, errors, "swarm-ceiling+overlay", lambda: _ceiling(env, network))
+    _phase(bursts, errors, SWARM_AGENT.burst, lambda: agent_burst(env, SWARM_AGENT))
+    _clean(env)
+    _phase(bursts, errors, DOCKER_AGENT.burst, lambda: agent_burst(env, DOCKER_AGENT))
     _phase(bursts, errors, "swarm-ceiling-after", lambda: _ceiling(env, None))  # the engine's drift
     return {"bursts": bursts, "errors": errors, "ratios": ratios(bursts)}
 
@@ -234,16 +261,25 @@ def _median(values: list[float | None]) -> float | None:
     return round(statistics.median(known), 3) if known else None
 
 
+# (key, numerator burst, denominator burst). The first two are the targets: each agent against the ceiling
+# whose services have the same networks. The rest say what the overlay costs and what Swarm costs.
+RATIO_PAIRS = (
+    ("swarm_agent_to_ceiling_overlay", "swarm-agent", "swarm-ceiling+overlay"),
+    ("swarm_agent_no_overlay_to_ceiling", "swarm-agent-no-overlay", "swarm-ceiling"),
+    ("ceiling_overlay_to_ceiling", "swarm-ceiling+overlay", "swarm-ceiling"),
+    ("swarm_agent_to_no_overlay", "swarm-agent", "swarm-agent-no-overlay"),
+    ("swarm_agent_to_docker_agent", "swarm-agent", "docker-agent"),
+    ("swarm_agent_no_overlay_to_docker_agent", "swarm-agent-no-overlay", "docker-agent"),
+)
+TARGET_KEYS = ("swarm_agent_to_ceiling_overlay", "swarm_agent_no_overlay_to_ceiling")
+
+
 def ratios(bursts: dict[str, Any]) -> dict[str, float | None]:
     def rate(name: str) -> float | None:
         value: float | None = bursts.get(name, {}).get("runs_per_s")
         return value
 
-    return {
-        "swarm_agent_to_ceiling": _r(ratio(rate("swarm-agent"), rate("swarm-ceiling"))),
-        "swarm_agent_to_ceiling_overlay": _r(ratio(rate("swarm-agent"), rate("swarm-ceiling+overlay"))),
-        "swarm_agent_to_docker_agent": _r(ratio(rate("swarm-agent"), rate("docker-agent"))),
-    }
+    return {key: _r(ratio(rate(top), rate(bottom))) for key, top, bottom in RATIO_PAIRS}
 
 
 def _r(value: float | None) -> float | None:
@@ -269,7 +305,7 @@ def run_swarm(quick: bool, out_dir: Path) -> dict[str, Path]:
             "docker_version": docker_client().version().get("Version", "?"),
             "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)], "sizes": asdict(sizes),
             "concurrency": ours_concurrency(), "work_dir": str(work),
-            "target_ratio": TARGET_RATIO}
+            "target_ratio": TARGET_RATIO, "target_ratios": list(TARGET_KEYS)}
     stem = "swarm-quick" if quick else f"swarm-{began.strftime('%Y-%m-%d')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}

@@ -22,6 +22,7 @@ from agent.policy.host_config import (
     HostConfigSpec,
     HostPortSpec,
     MountSpec,
+    PlacementSpec,
     TmpfsSpec,
     parse_host_config,
 )
@@ -313,6 +314,21 @@ def _extra_hosts(options: Options, policy: Policy, violations: Violations, key: 
     options.decisions.append(Decision("extra_hosts", hosts, RUN))
 
 
+def _placement(options: Options, policy: Policy, violations: Violations, key: str,
+               value: PlacementSpec) -> None:
+    """Swarm placement: the run's constraints join the agent's (Swarm needs all), so they only narrow it."""
+    if policy.engine != "swarm":
+        violations.other("host_config.placement places a Swarm service, and this agent runs flows as "
+                         "containers on one Docker host (ENGINE=docker): remove it, or run the flow on an "
+                         "agent with ENGINE=swarm")
+        return
+    placement = {name: [item.strip() for item in items]
+                 for name, items in (("constraints", value.constraints), ("preferences", value.preferences))
+                 if items}
+    if placement:
+        options.set("placement", placement, RUN, "added to the agent's SWARM_CONSTRAINTS/SWARM_PREFERENCES")
+
+
 _HANDLERS: dict[str, Handler] = {
     "auto_remove": _ignore, "restart_policy": _ignore,
     "mem_limit": _memory, "memswap_limit": _memory, "mem_reservation": _memory,
@@ -320,4 +336,5 @@ _HANDLERS: dict[str, Handler] = {
     "pids_limit": _pids, "binds": _binds, "volumes": _binds, "mounts": _mounts, "tmpfs": _tmpfs,
     "network_mode": _network_mode, "port_bindings": _ports, "publish_all_ports": _publish_all,
     "extra_hosts": _extra_hosts, "oom_score_adj": _oom_score_adj, "security_opt": _security_opt,
+    "placement": _placement,
 }

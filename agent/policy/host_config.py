@@ -195,6 +195,20 @@ ExtraHosts = Annotated[dict[Hostname, HostIp], BeforeValidator(extra_hosts_form)
 Links = Annotated[list[Token], BeforeValidator(links_form)]
 
 
+# Swarm's own grammar (swarmkit's constraint parser): anything else it would refuse only at create time.
+Constraint = Annotated[str, Field(
+    pattern=r"^\s*[A-Za-z_][A-Za-z0-9_.-]+\s*(==|!=)\s*[A-Za-z0-9:_.*()?+\[\]\\^$|/-]+\s*$", max_length=256)]
+SpreadDescriptor = Annotated[str, Field(pattern=r"^(node|engine)\.labels\.[A-Za-z0-9_.-]+$", max_length=256)]
+
+
+class PlacementSpec(Closed):
+    """Where Swarm may put the run's task (engine swarm only): added to the agent's own placement, so a run
+    can narrow where it runs, never widen it (Swarm requires every constraint)."""
+
+    constraints: list[Constraint] | None = Field(None, max_length=32)
+    preferences: list[SpreadDescriptor] | None = Field(None, max_length=8)
+
+
 class HostConfigSpec(Closed):
     """Every `host_config` key the agent knows (docs/run-options.md says what the policy does with each)."""
 
@@ -250,6 +264,7 @@ class HostConfigSpec(Closed):
     userns_mode: Namespace | None = None
     runtime: Token | None = None
     cgroup_parent: Token | None = None
+    placement: PlacementSpec | None = None  # ours, not docker-py's: Swarm placement (engine swarm)
 
 
 KNOWN_KEYS = frozenset(HostConfigSpec.model_fields)

@@ -74,6 +74,9 @@ OVERRIDES: dict[str, str] = {
     "published_ports": "ports published on interfaces other than loopback (port_bindings without a "
                        "127.0.0.0/8 or ::1 HostIp, publish_all_ports), or more than 32 host ports",
     "mount_propagation": "bind propagation other than private/rprivate (binds, mounts BindOptions)",
+    "swarm_host_paths": "host paths under ENGINE=swarm, bound on whichever node runs the task: the agent "
+                        "judges them on its own host, so a symlink or the engine's files on that node are "
+                        "not seen",
     "api_env": "environment variables that point the flow runner at another API, backend, credential, proxy "
                "or flow run (agent/policy/run_env.py: PREFECT__CLOUD__API and friends, PREFECT__SERVER__*, "
                "PREFECT__CONTEXT__CONFIG__*, Prefect's config paths, HTTP(S)_PROXY and CA bundles)",
@@ -212,6 +215,7 @@ class Policy:
     max_pids: int | None = None
     host_root: str = ""  # where the host's filesystem is visible to the agent; empty: lexical checks only
     daemon_paths: tuple[str, ...] = DAEMON_PATHS  # plus the socket the agent itself talks to (from_settings)
+    engine: str = "docker"  # where the container runs: `docker` or `swarm` (placement means something there)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -224,6 +228,7 @@ class Policy:
             max_pids=settings.max_pids_limit,
             host_root=settings.host_root,
             daemon_paths=DAEMON_PATHS + _unix_socket(settings.base_url or os.environ.get("DOCKER_HOST")),
+            engine=settings.engine,
         )
 
     def check_image(self, image: str) -> str | None:
@@ -263,6 +268,8 @@ class Policy:
         if not source.startswith("/"):
             return source if violations.need(self, "volumes", f"{what} (volume {source!r})") else None
         cleaned = clean(source)
+        if self.engine == "swarm" and not violations.need(self, "swarm_host_paths", f"{what} ({cleaned})"):
+            return None
         try:
             resolved = resolve(cleaned, self.host_root)
         except HostPathError as exc:

@@ -341,6 +341,10 @@ class DockerRuntime:
                     return
                 raise
 
+    def release_thread(self) -> None:
+        """Close the calling thread's client: for threads that end (their client would stay until `close`)."""
+        self._clients.release()
+
     def close(self) -> None:
         """Close every per-thread client; the runtime reconnects lazily if used again."""
         self._clients.close()

@@ -82,6 +82,20 @@ class ClientPool:
         finally:
             client.close()
 
+    def release(self) -> None:
+        """Close this thread's client, if it has one (a short-lived thread must not leave it behind)."""
+        client: docker.DockerClient | None = getattr(self._local, "client", None)
+        if client is None:
+            return
+        self._local.client = None
+        with self._lock:
+            if client in self._clients:
+                self._clients.remove(client)
+        try:
+            client.close()
+        except Exception as exc:
+            logger.debug("closing a docker client failed: {error}", error=exc)
+
     def close(self) -> None:
         """Close every per-thread client; they are created again on next use."""
         with self._lock:

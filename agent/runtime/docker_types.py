@@ -254,6 +254,7 @@ class ContainerInfo:
     image_id: str = ""
     error: str | None = None  # the daemon's error when starting failed
     kind: str = "container"  # "service": a run of the swarm engine (its logs: `docker service logs`)
+    removed: bool = False  # the engine's record is gone: the agent removed it itself (what it knew is here)
 
     @property
     def running(self) -> bool:

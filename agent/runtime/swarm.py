@@ -33,6 +33,7 @@ from agent.runtime.docker_types import (
     ContainerNotFound,
     ContainerSpec,
     DockerError,
+    DockerUnavailable,
     LaunchResult,
     engine_error_is_transient,
     explanation,
@@ -65,6 +66,7 @@ class SwarmRuntime(DockerRuntime):
         super().__init__(base_url, timeout)
         self.options = options or SwarmOptions()
         self._gone: dict[str, ContainerInfo] = {}  # by service id and name
+        self._unplaced_since: dict[str, float] = {}  # service id -> monotonic time first seen unplaced
         self._lock = threading.Lock()
         self._node_id: str | None = None
         self._network_ready = False
@@ -130,7 +132,11 @@ class SwarmRuntime(DockerRuntime):
                before_start: Callable[[str], None] | None = None) -> LaunchResult:
         """Create the run's service, or adopt the one that holds its name (`before_start(service name)` is
         called before a service is created: creating it runs it)."""
-        kwargs = service_spec(spec, self.options, self.pinned_image(spec.image))  # refusals come first
+        image = self.pinned_image(spec.image)
+        try:  # refusals come first; a value docker-py cannot express fails the run, never crashes the launch
+            kwargs = service_spec(spec, self.options, image)
+        except (docker.errors.DockerException, ValueError, TypeError) as exc:
+            raise ContainerCreateError(f"invalid service configuration for {spec.name}: {exc}") from exc
         if not spec.networks:
             self.ensure_network()
         for _ in range(3):  # the holder of the name may vanish between our create and our lookup
@@ -154,6 +160,9 @@ class SwarmRuntime(DockerRuntime):
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:
                     return None
+                if exc.status_code == 503 or _swarm_unavailable(explanation(exc)):
+                    why = f"Swarm cannot create services now: {explanation(exc)}"
+                    raise DockerUnavailable(self.address, why, "The run is requeued; retried later.") from exc
                 transient = engine_error_is_transient(exc)
                 if f"network {self.options.network} not found" in explanation(exc):
                     self._network_ready, transient = False, True  # removed under us: the retry recreates it
@@ -191,11 +200,23 @@ class SwarmRuntime(DockerRuntime):
     def _view(self, service: Mapping[str, Any], tasks: list[dict[str, Any]], inspect: bool) -> View:
         """The service as the port sees it; a task unplaced for too long ends the run here."""
         task = latest_task(tasks)
-        waited = unscheduled_for(service, task, datetime.now(UTC))
+        waited = self._unplaced_for(str(service["ID"]), unscheduled_for(service, task, datetime.now(UTC)))
         if waited is not None and waited > self.options.schedule_timeout:
             return self._give_up(service, task), task_state(task)
         container = self._task_container(task) if inspect else None
         return service_info(service, task, container), task_state(task)
+
+    def _unplaced_for(self, service_id: str, by_manager: float | None) -> float | None:
+        """How long the task has waited for a node: the manager's record, but never more than this process
+        has seen it waiting (a clock ahead of the manager's must not give up on a task at once)."""
+        with self._lock:
+            if by_manager is None:
+                self._unplaced_since.pop(service_id, None)
+                return None
+            while len(self._unplaced_since) >= REMEMBERED:
+                self._unplaced_since.pop(next(iter(self._unplaced_since)))
+            first_seen = self._unplaced_since.setdefault(service_id, time.monotonic())
+        return min(by_manager, time.monotonic() - first_seen)
 
     def _task_container(self, task: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """The task's container when it is on this node (OOM kill, exact times); None elsewhere."""
@@ -282,7 +303,7 @@ class SwarmRuntime(DockerRuntime):
             info = self.inspect(container_id)
             return info is None or info.exited
 
-        return ServiceLogs(response, chunks, finished)
+        return ServiceLogs(response, chunks, finished, on_exit=self.release_thread)
 
     def events(self, labels: Mapping[str, str | None], actions: tuple[str, ...] = ("start", "die"),
                since: int | None = None) -> Any:
@@ -355,6 +376,17 @@ class SwarmRuntime(DockerRuntime):
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: its removal is already in progress
                         raise
+
+
+# Swarm's own words when the cluster, not the run, is the problem (a demoted manager, a lost quorum, a
+# locked swarm): the run goes back to the queue instead of failing.
+_SWARM_UNAVAILABLE = ("not a swarm manager", "does not have a leader", "swarm is encrypted",
+                      "not part of a swarm", "rpc error: code = unavailable", "context deadline exceeded")
+
+
+def _swarm_unavailable(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in _SWARM_UNAVAILABLE)
 
 
 def _matches(labels: Mapping[str, str], wanted: Mapping[str, str | None]) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import docker.errors
 import docker.types
 import docker.utils
 
@@ -102,9 +103,7 @@ def service_spec(spec: ContainerSpec, options: SwarmOptions, image: str) -> dict
     if config.get("ulimits"):
         container_spec["Ulimits"] = [{"Name": u["Name"], "Soft": u["Soft"], "Hard": u["Hard"]}
                                      for u in config["ulimits"]]
-    placement = docker.types.Placement(
-        constraints=list(options.constraints) or None,
-        preferences=[("spread", d) for d in options.preferences] or None)
+    placement = _placement(options, config.get("placement") or {})
     template = docker.types.TaskTemplate(
         container_spec, resources=resources or None, restart_policy=docker.types.RestartPolicy("none"),
         placement=placement or None, log_driver=log_driver, networks=service_networks(spec, options) or None)
@@ -115,6 +114,15 @@ def service_spec(spec: ContainerSpec, options: SwarmOptions, image: str) -> dict
 
 
 # ------------------------------------------------------------------------------------------------ keys
+def _placement(options: SwarmOptions, run: Mapping[str, list[str]]) -> docker.types.Placement:
+    """The agent's constraints and preferences, then the run's (policy-checked): Swarm requires every
+    constraint, so a run's own can only narrow where it may go."""
+    constraints = list(dict.fromkeys([*options.constraints, *run.get("constraints", [])]))
+    preferences = list(dict.fromkeys([*options.preferences, *run.get("preferences", [])]))
+    return docker.types.Placement(constraints=constraints or None,
+                                  preferences=[("spread", d) for d in preferences] or None)
+
+
 def _dns(container: dict[str, Any], key: str, value: list[str]) -> None:
     config = container.setdefault("dns_config", docker.types.DNSConfig())
     config[{"dns": "Nameservers", "dns_search": "Search", "dns_opt": "Options"}[key]] = list(value)
@@ -139,15 +147,26 @@ _CONTAINER_KEYS: dict[str, Callable[[dict[str, Any], Any], None]] = {
     "dns": _dns_key("dns"), "dns_search": _dns_key("dns_search"), "dns_opt": _dns_key("dns_opt"),
 }
 # Keys taken out of the config by their own step (and `extra_hosts`, merged with the spec's).
-_HANDLED = frozenset({"extra_hosts", "ulimits"})
+_HANDLED = frozenset({"extra_hosts", "ulimits", "placement"})
 
 
 def _mounts(config: dict[str, Any], refusals: _Refusals) -> list[Any]:
-    mounts: list[Any] = [_bind_mount(bind, refusals) for bind in config.pop("volumes", None) or []]
+    mounts: list[Any] = [_converted("volumes", refusals, _bind_mount, bind, refusals)
+                         for bind in config.pop("volumes", None) or []]
     mounts += list(config.pop("mounts", None) or [])  # docker.types.Mount: the same in a service
     for target, text in (config.pop("tmpfs", None) or {}).items():
-        mounts.append(_tmpfs_mount(str(target), str(text or ""), refusals))
+        mounts.append(_converted("tmpfs", refusals, _tmpfs_mount, str(target), str(text or ""), refusals))
     return [m for m in mounts if m is not None]
+
+
+def _converted(key: str, refusals: _Refusals, convert: Callable[..., Any], *args: Any) -> Any:
+    """`convert(*args)`, or None with a refusal naming `key` when docker-py cannot express the value (a
+    named volume with a bind propagation, a tmpfs size in percent): such a run fails, it never crashes."""
+    try:
+        return convert(*args)
+    except (docker.errors.DockerException, ValueError, TypeError) as exc:
+        refusals.add(key, f"{args[0]!r}: {exc}")
+        return None
 
 
 def _bind_mount(bind: str, refusals: _Refusals) -> Any:
@@ -167,6 +186,9 @@ def _tmpfs_mount(target: str, text: str, refusals: _Refusals) -> Any:
     size, mode, read_only = None, None, False
     for option in filter(None, text.split(",")):
         name, _, value = option.partition("=")
+        if name == "size" and value.endswith("%"):
+            refusals.add("tmpfs", f"{target}: size {value}; a service's tmpfs needs a size in bytes")
+            return None
         if name == "size" and value:
             size = int(docker.utils.parse_bytes(value))
         elif name == "mode" and value:

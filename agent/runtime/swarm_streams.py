@@ -99,9 +99,9 @@ class ServiceLogs:
     """A service's followed output (bytes chunks), ended by `close()` or once `finished()` says so."""
 
     def __init__(self, response: Any, chunks: Iterator[bytes], finished: Callable[[], bool],
-                 interval: float = POLL_S) -> None:
+                 interval: float = POLL_S, on_exit: Callable[[], None] = lambda: None) -> None:
         self._stream = CancellableStream(chunks, response)
-        self._finished, self._interval = finished, interval
+        self._finished, self._interval, self._on_exit = finished, interval, on_exit
         self._closed = threading.Event()
         threading.Thread(target=self._watch, daemon=True, name="swarm-logs-watch").start()
 
@@ -115,12 +115,15 @@ class ServiceLogs:
             self._stream.close()
 
     def _watch(self) -> None:
-        while not self._closed.wait(self._interval):
-            try:
-                done = self._finished()
-            except DockerError:
-                continue  # the daemon is away; the reader's own timeout covers a dead connection
-            if done:
-                self._closed.wait(LOG_DRAIN_S)
-                self.close()
-                return
+        try:
+            while not self._closed.wait(self._interval):
+                try:
+                    done = self._finished()
+                except DockerError:
+                    continue  # the daemon is away; the reader's own timeout covers a dead connection
+                if done:
+                    self._closed.wait(LOG_DRAIN_S)
+                    self.close()
+                    return
+        finally:
+            self._on_exit()  # the watch thread's own Docker client goes with it

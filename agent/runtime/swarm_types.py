@@ -59,8 +59,10 @@ def task_container_id(task: Mapping[str, Any] | None) -> str | None:
 
 def swarm_reason(task: Mapping[str, Any] | None) -> str:
     """Swarm's own words for a task's state (`no suitable node (...)`, `task: non-zero exit (3)`)."""
-    status = (task or {}).get("Status") or {}
-    return str(status.get("Err") or status.get("Message") or "no task was created")
+    if task is None:
+        return "no task was created"
+    status = task.get("Status") or {}
+    return str(status.get("Err") or status.get("Message") or f"task {task_state(task)}")
 
 
 def unscheduled_for(service: Mapping[str, Any], task: Mapping[str, Any] | None,
@@ -121,7 +123,8 @@ def gone_info(info: ContainerInfo, error: str, finished_at: str) -> ContainerInf
     return ContainerInfo(id=info.id, name=info.name, status="exited", labels=dict(info.labels),
                          exit_code=info.exit_code if info.exited else None, oom_killed=info.oom_killed,
                          created=info.created, finished_at=finished_at, started_at=info.started_at,
-                         image=info.image, image_id=info.image_id, error=error, kind=info.kind)
+                         image=info.image, image_id=info.image_id, error=error, kind=info.kind,
+                         removed=True)
 
 
 def _time(value: Any) -> str | None:

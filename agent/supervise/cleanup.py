@@ -55,8 +55,11 @@ def removal_reason(info: ContainerInfo, run_state: str | None, keep_hours: float
     return None
 
 
-def keep_notice(container_name: str, keep_hours: float, kind: str = "container") -> str:
+def keep_notice(container_name: str, keep_hours: float, kind: str = "container",
+                removed: bool = False) -> str:
     """The run-log sentence telling a user how long the evidence stays and how to read it."""
+    if removed:
+        return f"The agent removed the {kind} {container_name}: this report is all that is left of it."
     if keep_hours <= 0:
         return f"The {kind} {container_name} is removed at the next cleanup."
     if kind == "service":

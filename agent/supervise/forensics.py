@@ -35,7 +35,7 @@ async def exit_report(runtime: ContainerRuntime, name: str, info: ContainerInfo 
         f"OOMKilled: {str(info.oom_killed).lower()}",
         f"Image: {info.image}" + (f" ({image})" if image else ""),
         f"{info.kind.capitalize()}: {info.name} ({info.id[:12]})",
-        keep_notice(info.name, keep_hours, info.kind),
+        keep_notice(info.name, keep_hours, info.kind, info.removed),
         f"Last {TAIL_LINES} lines of its output:",
         (tail or "(no output)").rstrip("\n"),
     ]

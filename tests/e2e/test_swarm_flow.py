@@ -83,15 +83,19 @@ def assert_one_service_each(manager: SwarmManager, starts: ContainerStarts, run_
 # ------------------------------------------------------------------------------------------------ the tests
 
 
+@pytest.mark.parametrize("overlay", [True, False], ids=["overlay", "no-overlay"])
 def test_prefect_flow_runs_to_success_as_a_swarm_service(
     swarm_manager: SwarmManager, swarm_backend: PrefectBackend, flows_network: str, flow_image: str,
-    prefect_venv: PrefectVenv, agent_factory: Callable[..., AgentProcess],
+    prefect_venv: PrefectVenv, agent_factory: Callable[..., AgentProcess], overlay: bool,
 ) -> None:
-    label = f"swarm-hello-{RUN_ID}"
+    """On the agent's overlay, or (SWARM_NETWORK="") on the node's default bridge: either way the flow
+    reaches the API (host.docker.internal on the host-gateway) and ends Success."""
+    network = flows_network if overlay else ""
+    label = f"swarm-hello-{'overlay' if overlay else 'bridge'}-{RUN_ID}"
     summary = register_examples(prefect_venv, swarm_backend.env(), "--flow", "hello", "--create-run",
                                 "--label", label)
     (run_id,) = summary["flows"]["hello"]["runs"]
-    agent = swarm_agent(agent_factory, swarm_backend, flows_network, label)
+    agent = swarm_agent(agent_factory, swarm_backend, network, label)
     (final,) = final_states(swarm_backend, [run_id], [agent], timeout=150).values()
     run = api.flow_run(swarm_backend.server, run_id)
     assert final == "Success", f"{run['serialized_state']}\n{agent.output()[-6000:]}"
@@ -112,8 +116,8 @@ def test_prefect_flow_runs_to_success_as_a_swarm_service(
 
     finished = eventually(task, 30, lambda: str(swarm_manager.tasks_of(service.id)))
     assert finished["Status"]["State"] == "complete", finished["Status"]
-    attached = {n["Network"]["Spec"]["Name"] for n in finished.get("NetworksAttachments", [])}
-    assert flows_network in attached, attached
+    attached = {n["Network"]["Spec"]["Name"] for n in finished.get("NetworksAttachments") or []}
+    assert (flows_network in attached) if overlay else not attached, attached
 
 
 def test_exit_code_oom_cancel_and_unplaceable_runs(

@@ -12,10 +12,17 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from agent.api.models import FlowRun
+from agent.launch.plan import Identity, plan_container
+from agent.policy.rules import PolicyDenied
 from agent.runtime.docker_types import FLOW_RUN_LABEL, ContainerCreateError, ContainerInfo, ContainerSpec
+from agent.runtime.engines import swarm_options
 from agent.runtime.swarm import SwarmRuntime
 from agent.runtime.swarm_types import SERVICE_ID_LABEL, SwarmOptions
+from agent.settings import Settings
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable, test_labels
 from tests.support.swarm_fixtures import SwarmManager
 
@@ -290,3 +297,52 @@ def _removed(client: docker.DockerClient, name: str) -> bool:
     except docker.errors.APIError:
         return False
     return True
+
+
+NEVER = "node.labels.local-agent-never==1"  # the operator's constraint no node satisfies
+HOSTILE_CONSTRAINT = st.builds(
+    lambda key, op, value: f"{key}{op}{value}",
+    st.sampled_from(["node.role", "node.labels.local-agent-never", "node.hostname", "node.id",
+                     "node.platform.os", "engine.labels.x"]),
+    st.sampled_from(["==", "!="]),
+    st.one_of(st.sampled_from(["manager", "worker", "1", "linux", "*", "vm"]),
+              st.text(st.characters(codec="ascii", exclude_characters=", \t\r\n\x0b\x0c"), min_size=1,
+                      max_size=12)),
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(HOSTILE_CONSTRAINT, min_size=1, max_size=4))
+def test_no_run_placement_gets_a_task_past_the_agents_constraints(
+        manager: docker.DockerClient, constraints: list[str]) -> None:
+    """Judged by Swarm itself: whatever a run adds, its task is never placed where the agent's constraint
+    forbids (here: nowhere). Swarm either refuses the spec or leaves the task pending, never assigned."""
+    settings_ = Settings(engine="swarm", swarm_constraints=[NEVER], swarm_network=NETWORK,
+                         container_labels=test_labels())
+    run = FlowRun.model_validate({
+        "id": str(uuid.uuid4()), "version": 1,
+        "run_config": {"type": "DockerRun", "host_config": {"placement": {"constraints": constraints}}},
+        "flow": {"id": "f", "name": "flow", "core_version": "1.4.1",
+                 "storage": {"type": "Docker", "image_name": "local/busybox", "image_tag": "latest"}}})
+    try:
+        planned = plan_container(run, BUSYBOX, settings_, Identity("swarm-test", [], "t", "http://api", []))
+    except PolicyDenied as denied:  # outside Swarm's grammar: refused before anything is created
+        assert "host_config.placement" in str(denied)
+        return
+    rt = SwarmRuntime(timeout=30, options=swarm_options(settings_))
+    try:
+        try:
+            result = rt.launch(planned.spec)
+        except ContainerCreateError as refused:  # Swarm refused the spec: the run fails, nothing runs
+            assert refused.transient is False
+            return
+        pending = wait_for(lambda: [t for t in manager.api.tasks(filters={"service": result.container_id})
+                                    if "no suitable node" in (t["Status"].get("Err") or "")],
+                           "Swarm to find no node for the task")
+        states = task_states(manager, result.container_id)
+        assert pending and set(states) <= {"new", "allocated", "pending"}, states
+        service = manager.api.inspect_service(result.container_id)
+        assert NEVER in service["Spec"]["TaskTemplate"]["Placement"]["Constraints"]
+    finally:
+        rt.remove(planned.spec.name, force=True)
+        rt.close()

@@ -256,8 +256,9 @@ SERVICE = {"ID": "svc1", "CreatedAt": stamp(60),
                     "TaskTemplate": {"ContainerSpec": {"Image": PINNED}}}}
 
 
-def task(state: str, *, exit_code: int | None = None, err: str = "", created: float = 30) -> dict[str, Any]:
-    status: dict[str, Any] = {"State": state, "Timestamp": stamp(1), "Err": err}
+def task(state: str, *, exit_code: int | None = None, err: str = "", created: float = 30,
+         message: str = "") -> dict[str, Any]:
+    status: dict[str, Any] = {"State": state, "Timestamp": stamp(1), "Err": err, "Message": message}
     if exit_code is not None:
         status["ContainerStatus"] = {"ContainerID": "c1", "ExitCode": exit_code}
     return {"ID": f"t-{state}", "CreatedAt": stamp(created), "Status": status}
@@ -270,15 +271,21 @@ def task(state: str, *, exit_code: int | None = None, err: str = "", created: fl
     ("complete", 0, "", ("exited", 0, None)),
     ("failed", 3, "task: non-zero exit (3)", ("exited", 3, "task: non-zero exit (3)")),
     ("rejected", None, "No such image: sha256:bb", ("exited", None, "No such image: sha256:bb")),
-    ("shutdown", 143, "", ("exited", 143, "no task was created")),
-    ("orphaned", None, "", ("exited", None, "no task was created")),
+    ("shutdown", 143, "", ("exited", 143, "shutdown")),  # Swarm's Message when there is no Err
+    ("orphaned", None, "", ("exited", None, "orphaned")),
 ])
 def test_task_states_map_onto_the_ports_status(state: str, exit_code: int | None, err: str,
                                                 expected: tuple[Any, ...]) -> None:
-    info = service_info(SERVICE, task(state, exit_code=exit_code, err=err))
+    message = state if state in ("shutdown", "orphaned") else ""
+    info = service_info(SERVICE, task(state, exit_code=exit_code, err=err, message=message))
     assert (info.status, info.exit_code, info.error) == expected
     assert (info.id, info.name, info.image, info.image_id) == ("svc1", "prefect-run-1", "flows/etl:1", PINNED)
     assert info.finished_at == (stamp(1) if expected[0] == "exited" else None)
+
+
+def test_a_task_without_swarms_words_is_named_by_its_state() -> None:
+    assert service_info(SERVICE, task("shutdown", exit_code=143)).error == "task shutdown"
+    assert service_info(SERVICE, None).error is None  # no task (yet): running, nothing to explain
 
 
 def test_no_task_yet_is_running() -> None:
@@ -331,3 +338,12 @@ def test_polled_task_phases_become_start_and_die_events() -> None:
     # started; `b` vanished
     assert seen == [("start", "a"), ("start", "b"), ("die", "a"), ("start", "c"), ("die", "c"),
                     ("die", "d"), ("die", "b")]
+
+
+@pytest.mark.parametrize(("host_config", "key"), [
+    ({"tmpfs": {"/scratch": "size=50%"}}, "tmpfs"),  # the policy allows it; a service tmpfs needs bytes
+    ({"volumes": ["cache:/cache:rw,rprivate"]}, "volumes"),  # docker-py: no propagation on a named volume
+])
+def test_values_docker_py_cannot_express_for_a_service_are_refusals_not_crashes(
+        host_config: dict[str, Any], key: str) -> None:
+    assert f"host_config.{key}" in str(refusal(host_config))
