@@ -1,8 +1,8 @@
 """`local-agent start | config | check | explain`: the entry point, the only place that configures logging
 and builds settings.
 
-Every setting gets a flag generated from the settings model (on each subcommand), so a new field cannot be
-forgotten.
+Every setting gets a flag generated from the settings model (on each subcommand, `cli_flags.py`), so a new
+field cannot be forgotten; Prefect 1.x agent flags are accepted where they mean the same thing.
 
 * `start` runs the agent. Exit codes: 0 clean stop after SIGTERM/SIGINT and the drain; 1 the backend refused
   the agent (token, scope, tenant), a second signal during the drain, or a crash; 2 invalid configuration or
@@ -20,69 +20,45 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from agent.cli_flags import CommandParser, HelpFormatter, add_setting_flags
 from agent.exits import EXIT_CONFIG, EXIT_UNHEALTHY
-from agent.settings import Settings, effective_config, env_name, load_settings
+from agent.settings import Settings, effective_config, load_settings
 from agent.version import __version__
 
-# Short and historical flag names (Prefect's `prefect agent local start` used -t, -l, -e, -n).
-FLAG_NAMES: dict[str, list[str]] = {
-    "api_token": ["-t", "--token"],
-    "labels": ["-l", "--label"],
-    "env_vars": ["-e", "--env"],
-    "container_labels": ["--container-label"],
-    "name": ["-n", "--name"],
-    "api": ["--api"],
-    "volumes": ["-v", "--volume"],
-}
-
-
-def _is_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    return isinstance(annotation, types.UnionType) and bool in typing.get_args(annotation)
-
-
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per settings field; unset flags stay absent so env and files still apply."""
-    for name, field in Settings.model_fields.items():
-        flags = FLAG_NAMES.get(name, [f"--{name.replace('_', '-')}"])
-        help_text = f"env {env_name(name)} (default: {field.get_default(call_default_factory=True)!r})"
-        if name == "api_token":
-            help_text = "API token/key; env PREFECT__CLOUD__AGENT__API_TOKEN (or secret file, config.toml)"
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
-        if _is_bool(field.annotation) and name.startswith("no_"):
-            parser.add_argument(*flags, action="store_true", **kwargs)
-        elif _is_bool(field.annotation):
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(field.annotation) in (list, dict):  # labels, env vars, volumes: repeatable
-            parser.add_argument(*flags, action="append", metavar="VALUE", **kwargs)
-        else:
-            parser.add_argument(*flags, metavar=name.upper(), **kwargs)
+EPILOG = (
+    "Every option is also an environment variable (shown with it). Precedence: flags > environment > secret "
+    "files > ~/.prefect/config.toml > defaults. Prefect 1.x `prefect agent docker start` flags are accepted "
+    "where they mean the same thing (docs/running.md)."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="local-agent", description="Prefect 1.x Local Agent (Docker).")
+    parser = argparse.ArgumentParser(prog="local-agent", description="Prefect 1.x Local Agent (Docker).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"local-agent {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="start the agent (blocks until SIGTERM/SIGINT)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    command: dict[str, Any] = {"usage": "%(prog)s [options]", "epilog": EPILOG,
+                               "formatter_class": HelpFormatter}
+    start_help = "start the agent (blocks until SIGTERM/SIGINT)"
+    start = commands.add_parser("start", help=start_help, description=start_help, **command)
     add_setting_flags(start)
-    config = commands.add_parser("config", help="print the effective settings as JSON (secrets masked)")
+    config_help = "print the effective settings as JSON (secrets masked)"
+    config = commands.add_parser("config", help=config_help, description=config_help, **command)
     add_setting_flags(config)
-    explain = commands.add_parser(
-        "explain", help="print the container the agent would create for a flow run, and where each field "
-        "comes from (claims nothing, creates nothing)")
+    explain_help = ("print the container the agent would create for a flow run, and where each field comes "
+                    "from (claims nothing, creates nothing)")
+    explain = commands.add_parser("explain", help=explain_help, description=explain_help,
+                                  **{**command, "usage": "%(prog)s [options] FLOW_RUN_ID"})
     explain.add_argument("flow_run_id", help="the flow run's id")
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_setting_flags(explain)
-    check = commands.add_parser(
-        "check", help="ask the running agent's health server (HEALTH_ADDRESS): exit 0 if healthy, else 1")
+    check_help = "ask the running agent's health server (HEALTH_ADDRESS): exit 0 if healthy, else 1"
+    check = commands.add_parser("check", help=check_help, description=check_help, **command)
     check.add_argument("--ready", action="store_true", help="ask /ready (can it take work?) not /api/health")
     add_setting_flags(check)
     return parser
