@@ -1,18 +1,25 @@
-"""`local-agent-server start | token create | tenant create | flow-run create | db upgrade|current | seed`."""
+"""`local-agent-server start | token create | tenant create | flow-run create | runs | logs | db upgrade |
+db current | seed`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
+from importlib.util import find_spec
 from typing import Any
 
 from loguru import logger
 from pydantic import ValidationError
 
 from server.settings import ServerSettings
+
+DISTRIBUTION = "local-agent"
+# Top-level modules of pyproject's `server` extra that every command needs (psycopg: PostgreSQL URLs only).
+SERVER_EXTRA_MODULES = ("sqlalchemy", "alembic", "graphql", "croniter", "dateutil")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name")
     _database_option(run)
 
+    _lookup_parsers(sub)
+
     schema = sub.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
     _database_option(schema.add_parser("upgrade", help="migrate to this version's schema"))
     _database_option(schema.add_parser("current", help="print the database's schema revision"))
@@ -56,6 +65,37 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--due", type=int, default=50, help="how many of them are Scheduled and due")
     _database_option(seed)
     return parser
+
+
+def _lookup_parsers(sub: Any) -> None:
+    """States and levels are checked after parsing (`_checked_lookup`): their names live in modules that need
+    the server extra, and `--help` must work without it."""
+    runs = sub.add_parser("runs", help="list flow runs, newest scheduled start first (upcoming ones too)")
+    runs.add_argument("--state", nargs="+", action="extend", default=[],
+                      metavar="STATE", help="only runs in these states (e.g. Running Failed)")
+    runs.add_argument("--flow", metavar="NAME", help="only runs of the flow with this name (any version)")
+    runs.add_argument("--label", action="append", default=[], metavar="L",
+                      help="only runs carrying this label (repeat: all of them)")
+    runs.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N runs (default 20)")
+    runs.add_argument("--json", action="store_true", help="a JSON array instead of the table")
+    _database_option(runs)
+    runs.set_defaults(subparser=runs)
+
+    logs = sub.add_parser("logs", help="print a flow run's logs in time order")
+    logs.add_argument("run_id", metavar="RUN_ID")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new lines until the run is finished and quiet for 2 s (or Ctrl-C)")
+    logs.add_argument("--level", metavar="LEVEL",
+                      help="only this level and above (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    _database_option(logs)
+    logs.set_defaults(subparser=logs)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def _database_option(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +118,20 @@ def configure_logging(level: str) -> None:
                format="{time:YYYY-MM-DD HH:mm:ss.SSS} - server - {level} - {message}")
 
 
+def missing_server_extra(database_url: str | None = None) -> str | None:
+    """The first module of the `server` extra that cannot be imported (a plain `pip install .`), or None."""
+    needed = list(SERVER_EXTRA_MODULES)
+    if (database_url or "").startswith("postgresql"):
+        needed.append("psycopg")
+    for module in needed:
+        try:
+            if find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):
+            return module
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -86,6 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"local-agent-server: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    missing = missing_server_extra(settings.database_url)
+    if missing is not None:
+        print(f"local-agent-server: the server's dependencies are not installed (no module {missing!r}): "
+              f"pip install '{DISTRIBUTION}[server]'", file=sys.stderr)
+        return 2
+    if args.command in ("runs", "logs"):
+        _checked_lookup(args)
     from sqlalchemy.exc import ArgumentError
 
     from server.migrate import MigrationError
@@ -114,6 +175,8 @@ def _dispatch(args: argparse.Namespace, settings: ServerSettings) -> int:
     if args.command == "db":
         print(_schema(args.db_command, settings.database_url))
         return 0
+    if args.command in ("runs", "logs"):
+        return _look_up(args, settings)
     services = open_services(settings)
     if args.command == "token":
         from server.auth import create_token
@@ -162,3 +225,46 @@ def _create_run(services: Any, args: argparse.Namespace) -> str:
         return create_flow_run(RequestContext(services), run_input)
     except ApiError as exc:
         raise ValueError(exc.message) from exc
+
+
+def _checked_lookup(args: argparse.Namespace) -> None:
+    """Canonical state and level names, or the subcommand's usage and exit 2 (as argparse's own checks)."""
+    from server import lookups
+
+    try:
+        if args.command == "runs":
+            args.state = [lookups.state_name(state) for state in args.state]
+        elif args.level is not None:
+            args.level = lookups.level_name(args.level)
+    except ValueError as exc:
+        args.subparser.error(str(exc))
+
+
+def _look_up(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """`runs` and `logs`: read-only, on the database as it is (no migration, no default tenant)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from server import db, lookups
+
+    engine = lookups.open_reader(settings.database_url, settings.sqlite_busy_timeout_ms)
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    try:
+        if args.command == "runs":
+            query = lookups.RunQuery(states=args.state, flow=args.flow, labels=args.label, limit=args.limit)
+            rows = lookups.list_runs(engine, query)
+            now = db.utcnow()
+            print(lookups.runs_json(rows, now) if args.json else lookups.runs_table(rows, now, colour))
+        else:
+            follower = lookups.LogFollower(engine, args.run_id, sys.stdout, lookups.levels_from(args.level),
+                                           colour)
+            follower.run(args.follow)
+    except KeyboardInterrupt:  # Ctrl-C ends --follow: the normal way out, no traceback
+        pass
+    except DBAPIError as exc:
+        detail = str(exc.orig or exc).strip().splitlines()[0]
+        raise ValueError(f"database {db.shown_url(settings.database_url)}: {detail}") from exc
+    except BrokenPipeError:  # `| head`: the reader has gone
+        sys.stderr.close()
+    finally:
+        engine.dispose()
+    return 0

@@ -5,6 +5,8 @@ will ever report it, so the run is Failed with the forensics (`forensics.exit_re
 itself stopped the container (`infra`), then it is resubmitted. Exit 0 without a final state is left alone:
 a flow runner that exits 0 found the run owned elsewhere (Prefect's own double-launch guard), and the
 backend's zombie handling covers the rest. Each run log is written before the state it explains.
+Every settled exit ends with the run's one outcome line (`agent.supervise.outcome`), a resubmitted run's
+excepted: it has not ended.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import asyncio
 from loguru import logger
 
 from agent.api.cloud import ApiError, CloudClient
-from agent.api.models import CANCEL_STATES, FAILABLE_STATES, failed_state
+from agent.api.models import CANCEL_STATES, FAILABLE_STATES, SCHEDULED_STATES, failed_state
 from agent.ops.metrics import METRICS
 from agent.runtime.docker_types import ContainerInfo
 from agent.runtime.port import ContainerRuntime
 from agent.settings import Settings
 from agent.supervise import infra
 from agent.supervise.forensics import exit_report
-from agent.supervise.reconcile import RunState
+from agent.supervise.outcome import STILL, Outcomes
+from agent.supervise.reconcile import RunState, run_states
 
 SIGKILLED, OOM_EVENT_WAIT_S = 137, 1.0
 
@@ -33,22 +36,42 @@ class ExitRecorder:
         self.cloud, self.runtime, self.agent_name = cloud, runtime, settings.name
         self.keep_hours = settings.keep_failed_containers_hours
         self.resubmitter = infra.Resubmitter(cloud, settings.name, settings.infra_retries)
+        self.outcomes = Outcomes()
 
     async def record(self, run_id: str, name: str, info: ContainerInfo | None, known: RunState | None, *,
-                     stopped_by_agent: bool = False) -> None:
-        """`name`: the container's; `known`: the run as read just before (None: the run is gone)."""
+                     stopped_by_agent: bool = False, run_name: str | None = None,
+                     watched_since: float | None = None) -> None:
+        """`name`: the container's; `known`: the run as read just before (None: the run is gone). Ends with
+        the run's one outcome line (`agent.supervise.outcome`), unless the run was resubmitted."""
         state = known.state if known is not None else None
+        ended: str | None = state
         if state == "Cancelling" or (stopped_by_agent and state in CANCEL_STATES):
             await self._mark_cancelled(run_id, name, info, state, stopped_by_agent)
+            ended = "Cancelled"
         elif state in FAILABLE_STATES and (info is None or info.exit_code != 0 or info.oom_killed):
             cause = await self._infra_cause(info)
             if cause is not None and info is not None:
                 await self.resubmitter.handle(run_id, info, cause)
+                ended = await self._state_now(run_id)
+                if ended in SCHEDULED_STATES:
+                    return  # not ended: queued again (the Resubmitter's WARNING line says why)
             else:
-                await self._report_exit(run_id, name, info, state)
+                info = await self._report_exit(run_id, name, info, state)
+                ended = "Failed"
         elif state in FAILABLE_STATES:
             logger.debug("flow run {id}: container {name} exited 0 without a final state; left to the "
                          "flow runner and the backend", id=run_id, name=name)
+            ended = f"{STILL}{state}"  # read after the 0.5 s event batch: a final state would show by now
+        label = (known.name if known is not None else None) or run_name or run_id
+        self.outcomes.report(run_id, label, ended, info, watched_since)
+
+    async def _state_now(self, run_id: str) -> str | None:
+        """The run's state as the backend has it now; None when the API cannot tell."""
+        try:
+            current = (await run_states(self.cloud, [run_id])).get(run_id)
+        except ApiError:
+            return None
+        return current.state if current is not None else None
 
     async def run_log(self, run_id: str, message: str, level: str) -> None:
         try:
@@ -77,7 +100,8 @@ class ExitRecorder:
         return infra.daemon_stopped(info, await self.runtime.daemon_facts())
 
     async def _report_exit(self, run_id: str, name: str, info: ContainerInfo | None,
-                           state: str | None) -> None:
+                           state: str | None) -> ContainerInfo | None:
+        """Fail the run with the forensics; returns what the engine says of the container in the end."""
         if info is not None and info.exit_code == SIGKILLED and not info.oom_killed:
             # Docker records OOMKilled from a separate kernel event that may land just after `die`.
             await asyncio.sleep(OOM_EVENT_WAIT_S)
@@ -88,3 +112,4 @@ class ExitRecorder:
         await self.cloud.set_flow_run_state(run_id, failed_state(summary), None)
         reason = "oom_killed" if info is not None and info.oom_killed else "exit_code"
         METRICS.runs_failed.labels(reason=reason).inc()
+        return info

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
@@ -63,6 +63,7 @@ class Watched:
     run_name: str
     finished_since: float | None = None  # when the run was first seen finished while the container ran
     stopping: bool = False
+    since: float = field(default_factory=time.monotonic)  # when watching began: a duration without times
 
 
 def _watched(info: ContainerInfo, run_name: str | None = None) -> Watched:
@@ -281,7 +282,8 @@ class Watcher:
         """Record a finished container in its run (if nobody else did), then stop watching it."""
         if known is None:
             known = (await reconcile.run_states(self.cloud, [watched.run_id])).get(watched.run_id)
-        await self.exits.record(watched.run_id, watched.name, info, known, stopped_by_agent=stopped_by_agent)
+        await self.exits.record(watched.run_id, watched.name, info, known, stopped_by_agent=stopped_by_agent,
+                                run_name=watched.run_name, watched_since=watched.since)
         self.watched.pop(watched.run_id, None)
         METRICS.containers_running.set(len(self.watched))
 

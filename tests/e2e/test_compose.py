@@ -213,6 +213,18 @@ def test_compose_up_runs_the_demo_flow_to_success_and_stops_cleanly(
     for line in STARTUP_LINES:
         assert line in log, f"{line!r} missing from the agent's log:\n{log}"
     assert re.search(rf"(?i){run_id}.*submitted|submitted.*{run_id}", log), log
+    ended = f"({run_id}) ended: Success, exit code 0"
+    deadline = time.monotonic() + 30  # the agent settles the exit after the container is gone
+    while ended not in log and time.monotonic() < deadline:
+        time.sleep(0.5)
+        log = agent.logs().decode(errors="replace")
+    assert ended in log, log
+
+    # What the README tells a user to look at: the look-ups inside the server container.
+    listed = json.loads(project.run("exec", "-T", "server", "local-agent-server", "runs", "--json").stdout)
+    assert [r["state"] for r in listed if r["id"] == run_id] == ["Success"], listed
+    run_logs = project.run("exec", "-T", "server", "local-agent-server", "logs", run_id).stdout
+    assert "Submitted for execution" in run_logs and "HELLO, WORLD!" in run_logs, run_logs
 
     stop_started = time.monotonic()
     agent.stop(timeout=STOP_GRACE_S)
