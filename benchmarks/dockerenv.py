@@ -11,6 +11,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any, Self
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -65,22 +66,25 @@ def _tar_context(files: dict[str, str]) -> io.BytesIO:
     return buffer
 
 
-class StartWatcher:
-    """Records the first `start` event of every container labelled with our benchmark's flow name.
+class ContainerEvents:
+    """Records the first event of each kind in `actions` (`start`, `die`) of every container labelled with
+    our benchmark's flow name, as the daemon timed it.
 
-    Keyed by the `io.prefect.flow-run-id` label, which both agents set (and the ceiling imitates), so each
-    start maps back to the flow run - and its scheduled time - that caused it.
+    Keyed by the `io.prefect.flow-run-id` label, which both agents set (and the ceilings imitate), so each
+    event maps back to the flow run - and its scheduled time - that caused it.
     """
 
-    def __init__(self, client: docker.DockerClient, flow_name: str) -> None:
+    def __init__(self, client: docker.DockerClient, flow_name: str,
+                 actions: tuple[str, ...] = ("start",)) -> None:
         self._client = client
-        self._filters = {"type": "container", "event": "start", "label": f"{FLOW_NAME_LABEL}={flow_name}"}
-        self._starts: dict[str, float] = {}
+        self._filters = {"type": "container", "event": list(actions),
+                         "label": f"{FLOW_NAME_LABEL}={flow_name}"}
+        self.first: dict[str, dict[str, float]] = {action: {} for action in actions}
         self._cond = threading.Condition()
-        self._stream = None
+        self._stream: Any = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> StartWatcher:
+    def __enter__(self) -> Self:
         self._stream = self._client.api.events(decode=True, filters=self._filters, since=int(time.time()) - 1)
         self._thread = threading.Thread(target=self._pump, name="docker-start-events", daemon=True)
         self._thread.start()
@@ -95,28 +99,39 @@ class StartWatcher:
     def _pump(self) -> None:
         try:
             for event in self._stream or ():
-                attrs = event.get("Actor", {}).get("Attributes", {})
-                run_id = attrs.get(RUN_ID_LABEL)
-                if not run_id:
+                run_id = event.get("Actor", {}).get("Attributes", {}).get(RUN_ID_LABEL)
+                book = self.first.get(str(event.get("status", event.get("Action"))))
+                if not run_id or book is None:
                     continue
                 stamp = event.get("timeNano", event.get("time", 0) * 1e9) / 1e9
                 with self._cond:
-                    self._starts.setdefault(run_id, stamp)
+                    book.setdefault(run_id, stamp)
                     self._cond.notify_all()
         except Exception:  # noqa: BLE001 - the stream raises when closed; nothing to record then
             return
 
-    def wait_for(self, run_ids: Iterable[str], timeout: float) -> dict[str, float]:
-        """Block until every run in `run_ids` has started (or `timeout`); returns the starts seen."""
+    def wait(self, run_ids: Iterable[str], timeout: float) -> bool:
+        """Block until every run in `run_ids` had every event (or `timeout`); True when all did."""
         wanted = set(run_ids)
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not wanted <= self._starts.keys():
+            while not all(wanted <= book.keys() for book in self.first.values()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    return False
                 self._cond.wait(min(remaining, 0.5))
-            return {rid: t for rid, t in self._starts.items() if rid in wanted}
+            return True
+
+
+class StartWatcher(ContainerEvents):
+    """The first `start` of every flow container: when each run began."""
+
+    def wait_for(self, run_ids: Iterable[str], timeout: float) -> dict[str, float]:
+        """Block until every run in `run_ids` has started (or `timeout`); returns the starts seen."""
+        wanted = set(run_ids)
+        self.wait(wanted, timeout)
+        with self._cond:
+            return {rid: t for rid, t in self.first["start"].items() if rid in wanted}
 
 
 def remove_flow_containers(client: docker.DockerClient, flow_name: str) -> int:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -197,4 +201,20 @@ def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     paths["md"].write_text(markdown(results))
     lateness_chart(results.get("samples", {}), paths["png"])
+    return paths
+
+
+def write_benchmark(name: str, *, quick: bool, began: datetime, load_before: float, figures: dict[str, Any],
+                    render: Callable[[dict[str, Any], dict[str, Any]], str], out_dir: Path,
+                    **extra: Any) -> dict[str, Path]:
+    """`<name>-<date>.json` and `.md` (`<name>-quick.*` for a quick run): the figures with the machine, the
+    load before and after, and `extra` facts of the run as `meta`; the markdown is `render(meta, figures)`."""
+    meta = {"benchmark": name, "quick": quick, "started": began.isoformat(timespec="seconds"),
+            "machine": f"{os.cpu_count()} cores, {platform.platform()}", "python": platform.python_version(),
+            "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)], **extra}
+    stem = f"{name}-quick" if quick else f"{name}-{began.strftime('%Y-%m-%d')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
+    paths["json"].write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
+    paths["md"].write_text(render(meta, figures))
     return paths

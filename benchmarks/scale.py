@@ -7,9 +7,7 @@ only proves the pipeline works (CI's smoke test); its numbers mean nothing.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.postgres import cluster, server_version
+from benchmarks.report import write_benchmark
 
 TARGET_QUEUE_MEDIAN_MS = 20.0
 TARGET_WAKEUP_P95_S = 1.0
@@ -85,15 +84,8 @@ def run_scale(name: str, quick: bool, out_dir: Path) -> dict[str, Path]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as work:
         began, load_before = datetime.now(UTC), os.getloadavg()[0]
         figures = measure(QUICK if quick else FULL, Path(work))
-    meta = {"benchmark": name, "title": title, "quick": quick, "started": began.isoformat(timespec="seconds"),
-            "machine": f"{os.cpu_count()} cores, {platform.platform()}", "python": platform.python_version(),
-            "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
-    stem = f"{name}-quick" if quick else f"{name}-{began.strftime('%Y-%m-%d')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
-    paths["md"].write_text(markdown(meta, figures))
-    return paths
+    return write_benchmark(name, quick=quick, began=began, load_before=load_before, figures=figures,
+                           render=markdown, out_dir=out_dir, title=title)
 
 
 def markdown(meta: dict[str, Any], figures: dict[str, Any]) -> str:

@@ -15,9 +15,7 @@ started run to Success, as a flow runner would. Nothing is asserted; the p95 tar
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sqlite3
 import statistics
 import tempfile
@@ -33,6 +31,7 @@ import docker
 from benchmarks import backend
 from benchmarks.dockerenv import docker_client, ensure_flow_image
 from benchmarks.peers import our_agent
+from benchmarks.report import write_benchmark
 from benchmarks.stats import percentile
 
 TARGET_P95_S = 1.0
@@ -237,16 +236,9 @@ def run_schedule_lateness(quick: bool, out_dir: Path) -> dict[str, Path]:
         figures = measure(sizes, Path(work))
     figures["target"] = f"container-start lateness p95 <= {TARGET_P95_S} s"
     figures["met"] = figures["lateness_container_start"].get("p95_s", float("inf")) <= TARGET_P95_S
-    meta = {"benchmark": "schedule-lateness", "quick": quick, "started": began.isoformat(timespec="seconds"),
-            "machine": f"{os.cpu_count()} cores, {platform.platform()}", "python": platform.python_version(),
-            "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)], "sizes": asdict(sizes),
-            "clock_s": CLOCK_S, "server_scheduler": _scheduler_defaults()}
-    stem = "schedule-lateness-quick" if quick else f"schedule-lateness-{began.strftime('%Y-%m-%d')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
-    paths["md"].write_text(markdown(meta, figures))
-    return paths
+    return write_benchmark("schedule-lateness", quick=quick, began=began, load_before=load_before,
+                           figures=figures, render=markdown, out_dir=out_dir, sizes=asdict(sizes),
+                           clock_s=CLOCK_S, server_scheduler=_scheduler_defaults())
 
 
 def markdown(meta: dict[str, Any], figures: dict[str, Any]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -36,6 +35,7 @@ from benchmarks.config import BENCH_LABEL, REPO_ROOT
 from benchmarks.dockerenv import FLOW_NAME_LABEL, docker_client, ensure_flow_image, remove_flow_containers
 from benchmarks.peers import AgentProcess, our_agent, ours_concurrency
 from benchmarks.proxy import CountingProxy
+from benchmarks.report import write_benchmark
 from benchmarks.stats import ratio
 from benchmarks.swarm_ceiling import (
     Burst,
@@ -300,15 +300,8 @@ def run_swarm(quick: bool, out_dir: Path) -> dict[str, Path]:
     figures = measure(sizes, work)
     for db_file in work.glob("*.db*"):
         db_file.unlink(missing_ok=True)
-    meta = {"benchmark": "swarm", "quick": quick, "started": began.isoformat(timespec="seconds"),
-            "machine": f"{os.cpu_count()} cores, {platform.platform()}", "python": platform.python_version(),
-            "docker_version": docker_client().version().get("Version", "?"),
-            "load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)], "sizes": asdict(sizes),
-            "concurrency": ours_concurrency(), "work_dir": str(work),
-            "target_ratio": TARGET_RATIO, "target_ratios": list(TARGET_KEYS)}
-    stem = "swarm-quick" if quick else f"swarm-{began.strftime('%Y-%m-%d')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
-    paths["md"].write_text(markdown(meta, figures))
-    return paths
+    return write_benchmark("swarm", quick=quick, began=began, load_before=load_before, figures=figures,
+                           render=markdown, out_dir=out_dir,
+                           docker_version=docker_client().version().get("Version", "?"), sizes=asdict(sizes),
+                           concurrency=ours_concurrency(), work_dir=str(work), target_ratio=TARGET_RATIO,
+                           target_ratios=list(TARGET_KEYS))

@@ -13,7 +13,6 @@ daemon, so the same stream times the ceiling, the agent on Swarm and the agent o
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -27,62 +26,22 @@ from docker.types import ContainerSpec, RestartPolicy, ServiceMode, TaskTemplate
 
 from benchmarks.ceiling import _flow_env
 from benchmarks.config import BENCH_LABEL
-from benchmarks.dockerenv import FLOW_NAME_LABEL, RUN_ID_LABEL
+from benchmarks.dockerenv import FLOW_NAME_LABEL, RUN_ID_LABEL, ContainerEvents
 from benchmarks.stats import percentile
 
 COMMAND = ["prefect", "execute", "flow-run"]  # the stand-in image's no-op `/bin/prefect`
 
 
-class EventClock:
+class EventClock(ContainerEvents):
     """First `start` and first `die` event per flow run of one benchmark flow's containers."""
 
     def __init__(self, client: docker.DockerClient, flow_name: str) -> None:
-        self._filters = {"type": "container", "event": ["start", "die"],
-                         "label": f"{FLOW_NAME_LABEL}={flow_name}"}
-        self._client = client
-        self.starts: dict[str, float] = {}
-        self.dies: dict[str, float] = {}
-        self._cond = threading.Condition()
-        self._stream: Any = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> EventClock:
-        self._stream = self._client.api.events(decode=True, filters=self._filters, since=int(time.time()) - 1)
-        self._thread = threading.Thread(target=self._pump, name="swarm-bench-events", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _pump(self) -> None:
-        try:
-            for event in self._stream or ():
-                run_id = event.get("Actor", {}).get("Attributes", {}).get(RUN_ID_LABEL)
-                if not run_id:
-                    continue
-                stamp = event.get("timeNano", event.get("time", 0) * 1e9) / 1e9
-                book = self.starts if event.get("status", event.get("Action")) == "start" else self.dies
-                with self._cond:
-                    book.setdefault(run_id, stamp)
-                    self._cond.notify_all()
-        except Exception:  # noqa: BLE001 - the stream raises when it is closed: nothing left to record
-            return
+        super().__init__(client, flow_name, ("start", "die"))
+        self.starts, self.dies = self.first["start"], self.first["die"]
 
     def wait_done(self, run_ids: Iterable[str], timeout: float) -> bool:
         """Block until every run's container started and died (or `timeout`); True when all did."""
-        wanted = set(run_ids)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not (wanted <= self.starts.keys() and wanted <= self.dies.keys()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.5))
-            return True
+        return self.wait(run_ids, timeout)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from agent.runtime.swarm import SwarmRuntime
 from agent.runtime.swarm_types import SERVICE_ID_LABEL, SwarmOptions
 from agent.settings import Settings
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable, test_labels
-from tests.support.swarm_fixtures import SwarmManager
+from tests.support.swarm_fixtures import SwarmManager, remove_network
 
 pytestmark = [pytest.mark.swarm, pytest.mark.docker]
 
@@ -52,14 +52,7 @@ def manager(swarm_manager: SwarmManager) -> Iterator[docker.DockerClient]:
             container.remove(force=True, v=True)  # Swarm leaves a finished job's task containers behind
         except docker.errors.APIError:
             pass
-    for _ in range(40):
-        try:
-            client.networks.get(NETWORK).remove()
-            break
-        except docker.errors.NotFound:
-            break
-        except docker.errors.APIError:
-            time.sleep(0.25)
+    remove_network(client, NETWORK, attempts=40)
     client.close()
 
 

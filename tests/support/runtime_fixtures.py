@@ -59,37 +59,36 @@ CMD ["prefect", "execute", "flow-run"]
 """
 
 
-def _context(base: str) -> tuple[io.BytesIO, str]:
-    """An in-memory build context, and the hash of everything that should trigger a rebuild."""
-    files = {"Dockerfile": DOCKERFILE.format(base=base).encode(), "prefect": PREFECT_SCRIPT.encode()}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+def build_small_image(client: docker.DockerClient, tag: str, hash_label: str, base: str,
+                      files: dict[str, bytes]) -> str:
+    """Build `tag` from `files` (its Dockerfile among them, every file executable) unless an image with the
+    same content hash (the files and `base`'s id) already exists; one build at a time per tag."""
+    digest = hashlib.sha256(b"\0".join([*files.values(), str(client.images.get(base).id).encode()]))
+    content_hash = digest.hexdigest()[:16]
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o755
             tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    digest = hashlib.sha256(b"\0".join(files.values())).hexdigest()[:16]
-    return buffer, digest
+    context.seek(0)
+    with file_lock(REPO_ROOT / ".cache" / f"image-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.lock"):
+        try:
+            if client.images.get(tag).labels.get(hash_label) == content_hash:
+                return tag
+        except docker.errors.ImageNotFound:
+            pass
+        for event in client.api.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
+                                      labels={hash_label: content_hash}, decode=True):
+            if "error" in event:
+                raise RuntimeError(f"building {tag} failed: {event['error']}")
+    return tag
 
 
 def build_stand_in(client: docker.DockerClient, base: str) -> str:
     """Build `STAND_IN_IMAGE` from `base` unless an image with the same content hash already exists."""
-    base_id = client.images.get(base).id
-    context, digest = _context(base)
-    content_hash = hashlib.sha256(f"{digest}:{base_id}".encode()).hexdigest()[:16]
-    with file_lock(REPO_ROOT / ".cache" / "stand-in-image.lock"):
-        try:
-            if client.images.get(STAND_IN_IMAGE).labels.get(STAND_IN_HASH_LABEL) == content_hash:
-                return STAND_IN_IMAGE
-        except docker.errors.ImageNotFound:
-            pass
-        stream = client.api.build(fileobj=context, custom_context=True, tag=STAND_IN_IMAGE, rm=True,
-                                  forcerm=True, labels={STAND_IN_HASH_LABEL: content_hash}, decode=True)
-        for event in stream:
-            if "error" in event:
-                raise RuntimeError(f"building {STAND_IN_IMAGE} failed: {event['error']}")
-    return STAND_IN_IMAGE
+    files = {"Dockerfile": DOCKERFILE.format(base=base).encode(), "prefect": PREFECT_SCRIPT.encode()}
+    return build_small_image(client, STAND_IN_IMAGE, STAND_IN_HASH_LABEL, base, files)
 
 
 @pytest.fixture(scope="session")

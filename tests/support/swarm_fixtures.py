@@ -14,10 +14,7 @@ API the agent hands it (so many runs can end Success in seconds, without Prefect
 
 from __future__ import annotations
 
-import hashlib
-import io
 import subprocess
-import tarfile
 import threading
 import time
 from collections import Counter
@@ -30,7 +27,7 @@ import docker.errors
 import pytest
 
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable
-from tests.support.images import REPO_ROOT, file_lock
+from tests.support.runtime_fixtures import build_small_image
 
 FLOW_RUN_LABEL = "io.prefect.flow-run-id"
 SWARM_LEFTOVERS = ("ingress", "docker_gwbridge")  # what `swarm init` creates and `swarm leave` may leave
@@ -258,26 +255,7 @@ def build_reporter(client: docker.DockerClient, base: str) -> str:
     """Build REPORTER_IMAGE from `base` (busybox) unless one with the same content exists."""
     files = {"Dockerfile": REPORTER_DOCKERFILE.format(base=base).encode(),
              "prefect": REPORTER_SCRIPT.encode()}
-    digest = hashlib.sha256(b"\0".join([*files.values(), str(client.images.get(base).id).encode()]))
-    content_hash = digest.hexdigest()[:16]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    with file_lock(REPO_ROOT / ".cache" / "swarm-reporter-image.lock"):
-        try:
-            if client.images.get(REPORTER_IMAGE).labels.get(_REPORTER_HASH_LABEL) == content_hash:
-                return REPORTER_IMAGE
-        except docker.errors.ImageNotFound:
-            pass
-        for event in client.api.build(fileobj=buffer, custom_context=True, tag=REPORTER_IMAGE, rm=True,
-                                      forcerm=True, labels={_REPORTER_HASH_LABEL: content_hash}, decode=True):
-            if "error" in event:
-                raise RuntimeError(f"building {REPORTER_IMAGE} failed: {event['error']}")
-    return REPORTER_IMAGE
+    return build_small_image(client, REPORTER_IMAGE, _REPORTER_HASH_LABEL, base, files)
 
 
 @pytest.fixture(scope="session")
