@@ -77,6 +77,8 @@ def _lookup_parsers(sub: Any) -> None:
     runs.add_argument("--label", action="append", default=[], metavar="L",
                       help="only runs carrying this label (repeat: all of them)")
     runs.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N runs (default 20)")
+    runs.add_argument("--upcoming", type=_not_negative, default=3, metavar="N",
+                      help="of them, at most N runs not due yet, the soonest (default 3; without --state)")
     runs.add_argument("--json", action="store_true", help="a JSON array instead of the table")
     _database_option(runs)
     runs.set_defaults(subparser=runs)
@@ -89,6 +91,10 @@ def _lookup_parsers(sub: Any) -> None:
                       help="only this level and above (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     _database_option(logs)
     logs.set_defaults(subparser=logs)
+
+
+def _not_negative(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive(text)
 
 
 def _positive(text: str) -> int:
@@ -250,9 +256,10 @@ def _look_up(args: argparse.Namespace, settings: ServerSettings) -> int:
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     try:
         if args.command == "runs":
-            query = lookups.RunQuery(states=args.state, flow=args.flow, labels=args.label, limit=args.limit)
-            rows = lookups.list_runs(engine, query)
+            query = lookups.RunQuery(states=args.state, flow=args.flow, labels=args.label, limit=args.limit,
+                                     upcoming=args.upcoming)
             now = db.utcnow()
+            rows = lookups.list_runs(engine, query, now)
             print(lookups.runs_json(rows, now) if args.json else lookups.runs_table(rows, now, colour))
         else:
             follower = lookups.LogFollower(engine, args.run_id, sys.stdout, lookups.levels_from(args.level),

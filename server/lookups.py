@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -58,6 +58,7 @@ class RunQuery:
     flow: str | None = None
     labels: Sequence[str] = ()
     limit: int = 20
+    upcoming: int = 3  # without a state filter: at most this many runs not due yet, so the past shows
 
 
 # ---------------------------------------------------------------- the database, read-only
@@ -147,9 +148,23 @@ def _has_label(label: str, dialect: str) -> Any:
     return select(literal(1)).select_from(each).where(each.c.value == label).exists()
 
 
-def list_runs(engine: Engine, query: RunQuery) -> list[dict[str, Any]]:
+def list_runs(engine: Engine, query: RunQuery, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Newest scheduled start first. Without a state filter, runs not due yet are at most `upcoming` of
+    them (the soonest): a scheduler keeps many runs created ahead, and they must not hide what happened."""
+    fr = db.flow_run
     with reading(engine) as conn:
-        rows = conn.execute(runs_statement(query, conn.dialect.name)).mappings().all()
+        if query.states:
+            rows = conn.execute(runs_statement(query, conn.dialect.name)).mappings().all()
+            return [dict(row) for row in rows]
+        now = now or db.utcnow()
+        ahead = fr.c.scheduled_start_time > now
+        not_due = fr.c.start_time.is_(None) & ahead
+        soonest = (runs_statement(replace(query, limit=min(query.upcoming, query.limit)), conn.dialect.name)
+                   .where(not_due).order_by(None).order_by(fr.c.scheduled_start_time, fr.c.id))
+        upcoming = list(reversed(conn.execute(soonest).mappings().all())) if query.upcoming else []
+        past = (runs_statement(replace(query, limit=query.limit - len(upcoming)), conn.dialect.name)
+                .where(~not_due))
+        rows = [*upcoming, *conn.execute(past).mappings().all()]
     return [dict(row) for row in rows]
 
 
@@ -270,7 +285,7 @@ def _log_statement(run_id: str, levels: list[str] | None, since: datetime | None
         stmt = stmt.where(lg.c.level.in_(levels))
     if since is not None:
         stmt = stmt.where(lg.c.created >= since)
-    return stmt.execution_options(yield_per=1000)  # a long run's logs are streamed, not loaded at once
+    return stmt.execution_options(yield_per=1000)  # fetched in batches, not in one result set
 
 
 def _run_state(conn: Connection, run_id: str) -> tuple[bool, str | None]:
@@ -323,9 +338,10 @@ class LogFollower:
 
     def _print_new(self) -> tuple[bool, str | None]:
         """One read transaction: the run's state first (so a finished state implies its logs so far are
-        visible), then every log not printed yet, in time order."""
+        visible), then every log not printed yet, in time order; printed after the transaction ended, so a
+        slow reader (a pager) never holds the database's snapshot."""
         since = None if self._newest is None else self._newest - FOLLOW_OVERLAP
-        self._printed = 0
+        lines: list[str] = []
         with reading(self.engine) as conn:
             exists, state = _run_state(conn, self.run_id)
             if not exists:
@@ -335,8 +351,10 @@ class LogFollower:
                     continue
                 self._seen[row.id] = row.created
                 self._newest = row.created if self._newest is None else max(self._newest, row.created)
-                print(log_line(row, self.colour), file=self.out)
-                self._printed += 1
+                lines.append(log_line(row, self.colour))
+        for line in lines:
+            print(line, file=self.out)
+        self._printed = len(lines)
         self.out.flush()
         self._forget_old()
         return True, state

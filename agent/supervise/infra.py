@@ -57,8 +57,9 @@ class Resubmitter:
     def __init__(self, cloud: CloudClient, agent_name: str, retries: int) -> None:
         self.cloud, self.agent_name, self.retries = cloud, agent_name, retries
 
-    async def handle(self, run_id: str, info: ContainerInfo, cause: str) -> None:
+    async def handle(self, run_id: str, info: ContainerInfo, cause: str) -> str | None:
         """Resubmit, or fail once the attempts are spent; the run log comes first, it explains the state.
+        Returns the state after it: "Scheduled" (resubmitted), "Failed", or the state found (None: gone).
 
         The run's state is read again right before: a Scheduled state is written whatever the version (the
         backend locks versions only for Submitted, Running and Cancelling), so a run cancelled or finished
@@ -67,12 +68,12 @@ class Resubmitter:
         if current is None or current.state not in FAILABLE_STATES:
             logger.info("flow run {id}: not resubmitted, it is {state} now", id=run_id,
                         state=current.state if current else "gone")
-            return
+            return current.state if current is not None else None
         attempts = attempts_from_labels(info.labels)
         total = self.retries + 1
         if attempts.number >= total:
             await self._give_up(run_id, attempts.after(cause), total)
-            return
+            return "Failed"
         following = attempts.after(cause)
         message = (f"Rescheduled by the agent: {cause}; resubmitted, attempt {following.number} of {total}")
         logger.warning("flow run {id}: {message}", id=run_id, message=message)
@@ -81,6 +82,7 @@ class Resubmitter:
         back = scheduled_state(message, iso_now(), following)
         await self.cloud.set_flow_run_state(run_id, back, current.version)
         METRICS.runs_requeued.labels(reason="infrastructure").inc()
+        return "Scheduled"
 
     async def _give_up(self, run_id: str, attempts: Attempts, total: int) -> None:
         story = "; ".join(attempts.history)

@@ -43,7 +43,8 @@ def exit_text(info: ContainerInfo | None) -> str:
 def describe(run_id: str, run_name: str, state: str | None, info: ContainerInfo | None,
              watched_since: float | None, now: float | None = None) -> str:
     """The line's text; `state` None: the API cannot tell (the run is gone or could not be read)."""
-    return (f"flow run {run_name!r} ({run_id}) ended: {state or 'unknown'}, {exit_text(info)}, "
+    shown = " ".join(run_name.split())  # user text on one line, unescaped: the masker sees it as written
+    return (f"flow run '{shown}' ({run_id}) ended: {state or 'unknown'}, {exit_text(info)}, "
             f"{duration(info, watched_since, now)}")
 
 

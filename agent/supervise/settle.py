@@ -24,7 +24,7 @@ from agent.settings import Settings
 from agent.supervise import infra
 from agent.supervise.forensics import exit_report
 from agent.supervise.outcome import STILL, Outcomes
-from agent.supervise.reconcile import RunState, run_states
+from agent.supervise.reconcile import RunState
 
 SIGKILLED, OOM_EVENT_WAIT_S = 137, 1.0
 
@@ -51,8 +51,7 @@ class ExitRecorder:
         elif state in FAILABLE_STATES and (info is None or info.exit_code != 0 or info.oom_killed):
             cause = await self._infra_cause(info)
             if cause is not None and info is not None:
-                await self.resubmitter.handle(run_id, info, cause)
-                ended = await self._state_now(run_id)
+                ended = await self.resubmitter.handle(run_id, info, cause)
                 if ended in SCHEDULED_STATES:
                     return  # not ended: queued again (the Resubmitter's WARNING line says why)
             else:
@@ -64,14 +63,6 @@ class ExitRecorder:
             ended = f"{STILL}{state}"  # read after the 0.5 s event batch: a final state would show by now
         label = (known.name if known is not None else None) or run_name or run_id
         self.outcomes.report(run_id, label, ended, info, watched_since)
-
-    async def _state_now(self, run_id: str) -> str | None:
-        """The run's state as the backend has it now; None when the API cannot tell."""
-        try:
-            current = (await run_states(self.cloud, [run_id])).get(run_id)
-        except ApiError:
-            return None
-        return current.state if current is not None else None
 
     async def run_log(self, run_id: str, message: str, level: str) -> None:
         try:

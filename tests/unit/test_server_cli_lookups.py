@@ -154,6 +154,27 @@ def test_runs_lists_the_newest_first_one_aligned_line_each(
     assert all(line[state_at - 2:state_at] == "  " and line[state_at] != " " for line in lines)  # aligned
 
 
+def test_runs_ahead_of_time_never_hide_what_happened(
+    store: Store, history: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scheduler keeps runs created ahead: by default only the soonest few lead the list."""
+    store.flow("hourly")
+    ahead = [store.run("hourly", f"tick-{hour}", "Scheduled", timedelta(hours=hour), auto=True)
+             for hour in range(2, 12)]
+
+    def ids(*args: str) -> list[str]:
+        code, out, err = run_cli(capsys, "runs", "--database-url", store.url, *args)
+        assert (code, err) == (0, "")
+        return [row[0] for row in table(out)[1:]]
+
+    soonest = [history["upcoming"], ahead[0], ahead[1]]  # in 1 h, 2 h, 3 h
+    past = [history[k] for k in ("running", "failed", "done")]
+    assert ids() == [*reversed(soonest), *past]  # newest first, as every other row
+    assert ids("--upcoming", "0") == past
+    assert ids("--limit", "4") == [*reversed(soonest), past[0]]
+    assert len(ids("--state", "Scheduled")) == 11  # asked for by state: every one of them
+
+
 def test_runs_filters_by_state_flow_and_label_and_limits(
     store: Store, history: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
