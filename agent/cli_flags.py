@@ -57,7 +57,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logs", ("level", "flow_log_level", "send_flow_run_logs", "show_flow_logs")),
     ("operations (docs/operations.md)", (
         "health_address", "drain_timeout", "docker_outage_exit_s", "watch_interval", "cancel_grace_seconds",
-        "heartbeat_interval", "infra_retries", "keep_failed_containers_hours", "cleanup_interval")),
+        "heartbeat_interval", "infra_retries", "keep_failed_containers_hours",
+        "keep_successful_containers_hours", "cleanup_interval")),
 )
 # Defaults that depend on where the agent runs: the text says so instead of this machine's value.
 DEFAULT_TEXT = {"host_root": "/ on the host, none in a container"}

@@ -9,7 +9,6 @@ names), so an existing Prefect agent configuration keeps working. Precedence, hi
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -35,10 +34,10 @@ from pydantic_settings import (
 )
 
 from agent.ops.redact import env_secrets, url_passwords
-from agent.policy.host_config import parse_gpus, parse_volume
 from agent.policy.host_paths import default_host_root
 from agent.policy.rules import parse_memory, validate_overrides
 from agent.runtime.registry_auth import parse_credentials
+from agent.settings_parse import parse_env_vars, parse_labels
 
 ENV_PREFIX = "PREFECT__CLOUD__AGENT__"
 API_ENV = "PREFECT__CLOUD__API"
@@ -58,43 +57,6 @@ TOKEN_ENV_NAMES = (
 TOML_API_KEY = "[config.toml] cloud.api"
 TOML_TOKEN_KEY = "[config.toml] cloud.api_token"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-
-def parse_labels(value: Any) -> Any:
-    """Labels arrive as a JSON list, a comma-separated string, or (from repeated flags) a list of either."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):  # JSON, or the Python repr Prefect itself writes: "['a', 'b']"
-            try:
-                return [str(item) for item in json.loads(text)]
-            except json.JSONDecodeError:
-                return [str(item) for item in ast.literal_eval(text)]
-        return [part.strip() for part in text.split(",") if part.strip()]
-    if isinstance(value, list | tuple):
-        labels: list[str] = []
-        for item in value:
-            labels.extend(parse_labels(item) if isinstance(item, str) and "," in item else [str(item)])
-        return list(dict.fromkeys(labels))  # de-duplicated, first occurrence keeps its place
-    return value
-
-
-def parse_env_vars(value: Any) -> Any:
-    """Env vars arrive as a JSON object, a `KEY=VAL` list (comma or newline separated), or repeated flags."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            return {str(k): str(v) for k, v in json.loads(text).items()}
-        items = [part for line in text.splitlines() for part in line.split(",")]
-        return parse_env_vars([item for item in items if item.strip()])
-    if isinstance(value, list | tuple):
-        pairs: dict[str, str] = {}
-        for item in value:
-            key, sep, val = str(item).strip().partition("=")
-            if not sep or not key:
-                raise ValueError(f"expected KEY=VALUE, got {str(item).strip()!r}")
-            pairs[key.strip()] = val
-        return pairs
-    return value
 
 
 class Settings(BaseSettings):
@@ -160,6 +122,7 @@ class Settings(BaseSettings):
     infra_retries: int = Field(2, ge=0, le=100)  # resubmissions after containers the infrastructure stopped
     watch_interval: PositiveFloat = 5.0
     keep_failed_containers_hours: float = Field(24.0, ge=0)
+    keep_successful_containers_hours: float = Field(0.0, ge=0)  # 0: removed as soon as the run ended
     cleanup_interval: PositiveFloat = 300.0
     # The engine flow runs start on (docs/running.md): this Docker host, or a Docker Swarm through a manager.
     engine: Literal["docker", "swarm"] = "docker"
@@ -179,6 +142,8 @@ class Settings(BaseSettings):
     @field_validator("volumes")
     @classmethod
     def _volumes(cls, value: list[str]) -> list[str]:
+        from agent.policy.host_config import parse_volume  # its models load only when a setting needs them
+
         for spec in value:
             parse_volume(spec)
         return value
@@ -202,6 +167,8 @@ class Settings(BaseSettings):
     @classmethod
     def _gpus(cls, value: str | None) -> str | None:
         if value:
+            from agent.policy.host_config import parse_gpus
+
             parse_gpus(value)
         return value or None
 

@@ -146,9 +146,13 @@ SETTING_HELP: dict[str, str] = {
     "keep_failed_containers_hours": (
         "Hours an exited container that did not succeed is kept for inspection before cleanup removes it."
     ),
+    "keep_successful_containers_hours": (
+        "Hours the container of a successful run (Success, exit code 0) is kept before cleanup removes it; "
+        "0 removes it within seconds of the run's end."
+    ),
     "cleanup_interval": (
-        "Seconds between cleanup sweeps, also the least age before a successful run's container is "
-        "removed."
+        "Seconds between cleanup sweeps, which also remove what a restarted agent did not (a successful "
+        "run's container once it is this old)."
     ),
     # The engine
     "engine": (

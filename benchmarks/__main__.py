@@ -1,5 +1,6 @@
 """From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery`,
-`queue-scale`, `claims`, `wakeup`, `schedule-lateness`, `swarm` (each `[--quick]`) or `clean`."""
+`queue-scale`, `claims`, `wakeup`, `schedule-lateness`, `swarm` (each `[--quick]`), `imports [MODULE ...]` or
+`clean`."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                            "engine (the daemon must be a swarm manager); writes results/swarm-<date>.*")
     swarm.add_argument("--quick", action="store_true", help="4 runs per burst (numbers mean nothing)")
     swarm.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
+    imports = sub.add_parser("imports", help="what importing the agent costs, package by package (RSS, ms); "
+                             "prints a table, writes nothing")
+    imports.add_argument("modules", nargs="*", help="modules to import (default: agent.cli agent.agent)")
+    imports.add_argument("--top", type=int, default=30, help="rows to print (the rest are summed)")
     sub.add_parser("clean", help="remove the benchmark's cached images and its .cache/benchmarks directories")
     return parser
 
@@ -79,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "clean":
         return clean()
+    if args.command == "imports":
+        from benchmarks.imports import main as imports
+
+        return imports([*args.modules, "--top", str(args.top)])
     if args.command == "recovery":
         from benchmarks.recovery import run_recovery
 

@@ -26,6 +26,7 @@ from agent.launch.plan import (
     LaunchError,
     PullPolicy,
     describe,
+    load_container_options,
     plan_container,
     pull_policy,
     resolve_image,
@@ -114,6 +115,7 @@ class Deployer:
 
     async def prepare(self, run: FlowRun) -> None:
         """Warm what the launch at the due time asks Docker (ping, image presence); failures wait for it."""
+        load_container_options()
         try:
             image = resolve_image(run)
             await self.admission.ping()

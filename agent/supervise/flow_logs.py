@@ -11,6 +11,7 @@ own start: the previous agent process already printed what came before.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -68,6 +69,14 @@ class FlowLogStreamer:
         self._streams[container_id] = None
         threading.Thread(target=self._run, args=(container_id, prefix, since), daemon=True,
                          name=f"flow-logs-{container_id[:12]}").start()
+
+    async def drained(self, container_id: str, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until the container's output is written out: an exited container's
+        stream ends by itself, and removing the container first would cut its last lines."""
+        deadline = time.monotonic() + timeout
+        while container_id in self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return container_id not in self._streams
 
     def stop(self) -> None:
         self._stopped.set()

@@ -40,9 +40,10 @@ class ExitRecorder:
 
     async def record(self, run_id: str, name: str, info: ContainerInfo | None, known: RunState | None, *,
                      stopped_by_agent: bool = False, run_name: str | None = None,
-                     watched_since: float | None = None) -> None:
+                     watched_since: float | None = None) -> str | None:
         """`name`: the container's; `known`: the run as read just before (None: the run is gone). Ends with
-        the run's one outcome line (`agent.supervise.outcome`), unless the run was resubmitted."""
+        the run's one outcome line (`agent.supervise.outcome`), unless the run was resubmitted. Returns the
+        state the run ended in, as the outcome line says it."""
         state = known.state if known is not None else None
         ended: str | None = state
         if state == "Cancelling" or (stopped_by_agent and state in CANCEL_STATES):
@@ -53,7 +54,7 @@ class ExitRecorder:
             if cause is not None and info is not None:
                 ended = await self.resubmitter.handle(run_id, info, cause)
                 if ended in SCHEDULED_STATES:
-                    return  # not ended: queued again (the Resubmitter's WARNING line says why)
+                    return ended  # not ended: queued again (the Resubmitter's WARNING line says why)
             else:
                 info = await self._report_exit(run_id, name, info, state)
                 ended = "Failed"
@@ -63,6 +64,7 @@ class ExitRecorder:
             ended = f"{STILL}{state}"  # read after the 0.5 s event batch: a final state would show by now
         label = (known.name if known is not None else None) or run_name or run_id
         self.outcomes.report(run_id, label, ended, info, watched_since)
+        return ended
 
     async def run_log(self, run_id: str, message: str, level: str) -> None:
         try:

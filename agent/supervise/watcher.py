@@ -51,6 +51,7 @@ from agent.supervise.flow_logs import FlowLogStreamer
 from agent.supervise.settle import ExitRecorder
 
 EVENT_BATCH_S = 0.5  # Docker events are gathered this long before they are handled
+LOG_DRAIN_S = 5.0  # how long a successful container's removal waits for --show-flow-logs to print its end
 
 
 @dataclass
@@ -282,10 +283,24 @@ class Watcher:
         """Record a finished container in its run (if nobody else did), then stop watching it."""
         if known is None:
             known = (await reconcile.run_states(self.cloud, [watched.run_id])).get(watched.run_id)
-        await self.exits.record(watched.run_id, watched.name, info, known, stopped_by_agent=stopped_by_agent,
-                                run_name=watched.run_name, watched_since=watched.since)
+        ended = await self.exits.record(watched.run_id, watched.name, info, known,
+                                        stopped_by_agent=stopped_by_agent, run_name=watched.run_name,
+                                        watched_since=watched.since)
         self.watched.pop(watched.run_id, None)
         METRICS.containers_running.set(len(self.watched))
+        if info is not None and cleanup.remove_at_once(info, ended,
+                                                      self.settings.keep_successful_containers_hours):
+            self._spawn(self._remove_succeeded(watched.run_id, info))
+
+    async def _remove_succeeded(self, run_id: str, info: ContainerInfo) -> None:
+        """A successful run's container goes once its exit is recorded and its output printed; a failure
+        here leaves it to the cleanup sweep."""
+        if self.flow_logs is not None:
+            await self.flow_logs.drained(info.id, LOG_DRAIN_S)
+        await self.runtime.remove(info.id)
+        logger.info("flow run {id}: removed {kind} {name} (the run succeeded)", id=run_id, kind=info.kind,
+                    name=info.name)
+        METRICS.containers_removed.labels(reason="succeeded").inc()
 
     # ------------------------------------------------------------------ recovery and cleanup
     async def _recover(self) -> None:
@@ -331,6 +346,6 @@ class Watcher:
             states = {run_id: run.state or cleanup.GONE for run_id, run in found.items()}
         except ApiError as exc:
             logger.debug("cleanup without run states: {error}", error=exc)
-        await cleanup.sweep(self.runtime, finished, states,
-                            self.settings.keep_failed_containers_hours, self.settings.cleanup_interval)
+        await cleanup.sweep(self.runtime, finished, states, self.settings.keep_failed_containers_hours,
+                            self.settings.cleanup_interval, self.settings.keep_successful_containers_hours)
 

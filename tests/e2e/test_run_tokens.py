@@ -113,7 +113,8 @@ def test_flow_container_holds_a_token_for_its_own_run_only(
     server_env = {"LOCAL_AGENT_SERVER_FLOW_RUN_TOKEN_GRACE_S": str(GRACE_S)}
     with running_backend("cloud", tmp_path / "server", host="0.0.0.0", env=server_env) as backend:
         stage = _stage(backend, prefect_venv, flow_image)
-        agent = agent_factory(backend.server, token=backend.runner_token)  # level DEBUG (agent_factory)
+        # level DEBUG (agent_factory); the container is read after the run's Success: kept
+        agent = agent_factory(backend.server, token=backend.runner_token, keep_successful_containers_hours=1)
         container = _running_flow_container(docker_client, stage, agent)
         token = _run_token_in(container, stage)
 

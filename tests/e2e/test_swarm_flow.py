@@ -46,7 +46,7 @@ def swarm_agent(factory: Callable[..., AgentProcess], backend: PrefectBackend, n
                 **settings: Any) -> AgentProcess:
     """An agent on the swarm engine taking only runs labelled `label`; services kept for the assertions."""
     return factory(backend.server, engine="swarm", swarm_network=network, labels=[label], watch_interval=0.5,
-                   cleanup_interval=3600, **settings)
+                   cleanup_interval=3600, keep_successful_containers_hours=1, **settings)
 
 
 def create_runs(backend: PrefectBackend, flow_id: str, label: str, count: int = 1, **env: str) -> list[str]:

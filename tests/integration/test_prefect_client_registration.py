@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.images import FLOW_IMAGE
 from tests.support.prefect_fixtures import (
     FLOWS_DIR,
     PrefectBackend,
@@ -95,8 +96,7 @@ def test_register_examples_records_docker_storage_and_run_config(
     hello = rows["hello"]
     assert hello["core_version"] == "1.4.1"  # else the DockerAgent would run `prefect execute cloud-flow`
     assert hello["storage"]["type"] == "Docker"
-    assert hello["storage"]["image_name"] == "local-agent-example-flow"
-    assert hello["storage"]["image_tag"] == "1.4.1"
+    assert f'{hello["storage"]["image_name"]}:{hello["storage"]["image_tag"]}' == FLOW_IMAGE  # the tests' own
     assert hello["storage"]["flows"] == {"hello": "/opt/prefect/flows/hello.py"}
     assert hello["storage"]["stored_as_script"] is True
     assert hello["run_config"]["type"] == "DockerRun"

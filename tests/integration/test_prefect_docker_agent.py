@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.api import run_logs
 from tests.support.docker_fixtures import RUN_ID, remove_containers, test_labels
+from tests.support.images import flow_image_env
 from tests.support.prefect_fixtures import (
     BACKEND_MODES,
     PrefectBackend,
@@ -61,6 +62,7 @@ def _register_in_image(
         "PREFECT__BACKEND": backend.mode,
         "PREFECT__CLOUD__API": f"http://host.docker.internal:{backend.server.port}",
         "PREFECT__CLOUD__API_KEY": backend.user_token or "",
+        **flow_image_env(image),  # register.py's defaults name the demo's image
     }
     container = client.containers.run(
         image, ["python", "/opt/prefect/register.py", *args], environment=env, labels=test_labels(),

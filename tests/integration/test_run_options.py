@@ -148,7 +148,7 @@ def test_hostile_run_configs_fail_with_the_setting_to_change_while_the_agent_goe
     )
     denied[api.create_flow_run(server, other)] = "PREFECT__CLOUD__AGENT__ALLOWED_IMAGES"
     good = api.create_flow_run(server, stand_in_flow(server, stand_in_image))
-    agent = agent_factory(server, allowed_images=["local-agent-stand-in:*"])
+    agent = agent_factory(server, allowed_images=[f"{stand_in_image.rpartition(':')[0]}:*"])
     for run_id, hint in denied.items():
         message = api.wait_for_state(server, run_id, "Failed", timeout=30)["serialized_state"]["message"]
         assert "denied" in message.lower() or "not allowed" in message, message

@@ -114,9 +114,10 @@ class LocalRegistry:
     def reference(self, repo_name: str, tag: str = "latest") -> str:
         return f"{self.url}/{repo_name}:{tag}"
 
-    def push(self, local_tag: str, repo_name: str, auth_config: dict[str, str] | None = None) -> str:
-        """Tag `local_tag` as `<url>/<repo_name>:<tag>` and push it; returns that reference."""
-        tag = local_tag.rsplit(":", 1)[1] if ":" in local_tag.rsplit("/", 1)[-1] else "latest"
+    def push(self, local_tag: str, repo_name: str, auth_config: dict[str, str] | None = None,
+             tag: str = "latest") -> str:
+        """Tag `local_tag` as `<url>/<repo_name>:<tag>` and push it; returns that reference. The pushed tag
+        is `tag`, not the local one: a session's images carry session tags (`images.TEST_IMAGE_PREFIX`)."""
         ref = self.reference(repo_name, tag)
         self.client.images.get(local_tag).tag(f"{self.url}/{repo_name}", tag)
         self.pushed.add(ref)

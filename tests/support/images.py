@@ -30,7 +30,12 @@ from docker.utils import build as docker_build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO_ROOT / "examples"
-FLOW_IMAGE = "local-agent-example-flow:1.4.1"
+#: Tests never build, overwrite or share a user's tags (the demo's `local-agent-example-flow:1.4.1`, a
+#: product `local-agent:latest`): what they build is named `local-agent-test-*`. No "/" in the name: Prefect's
+#: DockerAgent pulls any image whose name has one. Big images are reused across sessions (content-hash label);
+#: small ones get a tag per session and are removed at its end (`session_image`).
+TEST_IMAGE_PREFIX = "local-agent-test-"
+FLOW_IMAGE = f"{TEST_IMAGE_PREFIX}example-flow:1.4.1"
 #: What the flow image and the test virtualenv install: marshmallow 4 breaks Prefect 1.x serialization.
 PREFECT_REQUIREMENTS = ("prefect==1.4.1", "marshmallow<4", "pendulum<3")  # pendulum 3 breaks its CronClock
 LOCAL_BASE_IMAGE = "local/python:3.11-slim"
@@ -182,6 +187,21 @@ def build_image(
     return tag
 
 
+def remove_image(client: docker.DockerClient, tag: str) -> None:
+    """Untag (and delete, when nothing else uses it) an image a test session built; best effort."""
+    try:
+        client.images.remove(tag, force=True, noprune=False)
+    except docker.errors.APIError:  # gone already, or still used by a container the daemon keeps
+        pass
+
+
+def flow_image_env(image: str = FLOW_IMAGE) -> dict[str, str]:
+    """What makes examples/register.py record `image` in the flows' Docker storage (its defaults name the
+    demo's image)."""
+    name, _, tag = image.rpartition(":")
+    return {"EXAMPLE_FLOW_IMAGE_NAME": name, "EXAMPLE_FLOW_IMAGE_TAG": tag}
+
+
 def build_flow_image(client: docker.DockerClient | None = None) -> str:
     """The example flow image (Prefect 1.4.1 + examples/flows), rebuilt only when its inputs changed."""
     return build_image(
@@ -201,7 +221,7 @@ POSTGRES_IMAGE_DIR = REPO_ROOT / "tests" / "support" / "postgres_image"
 #: What docker-compose.yml runs by default (LOCAL_AGENT_POSTGRES_IMAGE); pulled where a registry is reachable.
 OFFICIAL_POSTGRES_IMAGE = "postgres:16"
 #: Debian's packages behind the official image's environment contract, built where nothing can be pulled.
-POSTGRES_STAND_IN_IMAGE = "local-agent-postgres:stand-in"
+POSTGRES_STAND_IN_IMAGE = f"{TEST_IMAGE_PREFIX}postgres:stand-in"
 POSTGRES_PACKAGE = "postgresql-15"
 
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import pytest
 import requests
 
-from tests.support.images import EXAMPLES_DIR, PREFECT_REQUIREMENTS, REPO_ROOT, file_lock
+from tests.support.images import EXAMPLES_DIR, PREFECT_REQUIREMENTS, REPO_ROOT, file_lock, flow_image_env
 
 FLOWS_DIR = EXAMPLES_DIR / "flows"
 REGISTER_SCRIPT = EXAMPLES_DIR / "register.py"
@@ -201,7 +201,9 @@ def register_examples(
     *args: str,
     timeout: float = 180,
 ) -> dict[str, Any]:
-    """Run examples/register.py in the venv (the real client registers); returns its JSON summary."""
+    """Run examples/register.py in the venv (the real client registers); returns its JSON summary. The flows
+    name the tests' flow image (`images.FLOW_IMAGE`) unless `env` says otherwise, never the demo's."""
+    env = {**flow_image_env(), **env}
     proc = venv.run([str(REGISTER_SCRIPT), *args], env=env, timeout=timeout, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -25,11 +25,11 @@ import pytest
 
 from agent.runtime.docker import DockerRuntime, DockerUnavailable
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable, test_labels
-from tests.support.images import REPO_ROOT, file_lock
+from tests.support.images import REPO_ROOT, TEST_IMAGE_PREFIX, file_lock, remove_image
 
 __all__ = ["RUN_ID", "STAND_IN_IMAGE", "test_labels"]
 
-STAND_IN_IMAGE = "local-agent-stand-in:latest"
+STAND_IN_IMAGE = f"{TEST_IMAGE_PREFIX}stand-in:{RUN_ID}"  # this session's own; removed at its end
 STAND_IN_HASH_LABEL = "io.local-agent.stand-in-hash"
 
 PREFECT_SCRIPT = r"""#!/bin/sh
@@ -92,9 +92,11 @@ def build_stand_in(client: docker.DockerClient, base: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def stand_in_image(docker_client: docker.DockerClient, busybox_image: str) -> str:
-    """`local-agent-stand-in:latest`: busybox plus a `/bin/prefect` that stands in for the real CLI."""
-    return build_stand_in(docker_client, busybox_image)
+def stand_in_image(docker_client: docker.DockerClient, busybox_image: str) -> Iterator[str]:
+    """`STAND_IN_IMAGE`: busybox plus a `/bin/prefect` that stands in for the real CLI (built in well under a
+    second, layers cached: a tag per session costs nothing and no session removes another's)."""
+    yield build_stand_in(docker_client, busybox_image)
+    remove_image(docker_client, STAND_IN_IMAGE)
 
 
 @pytest.fixture(scope="session")

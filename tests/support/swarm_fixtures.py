@@ -27,11 +27,12 @@ import docker.errors
 import pytest
 
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable
+from tests.support.images import TEST_IMAGE_PREFIX, remove_image
 from tests.support.runtime_fixtures import build_small_image
 
 FLOW_RUN_LABEL = "io.prefect.flow-run-id"
 SWARM_LEFTOVERS = ("ingress", "docker_gwbridge")  # what `swarm init` creates and `swarm leave` may leave
-REPORTER_IMAGE = "local-agent-swarm-reporter:latest"
+REPORTER_IMAGE = f"{TEST_IMAGE_PREFIX}swarm-reporter:{RUN_ID}"  # this session's own; removed at its end
 _REPORTER_HASH_LABEL = "io.local-agent.reporter-hash"
 
 
@@ -259,8 +260,9 @@ def build_reporter(client: docker.DockerClient, base: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def reporter_image(docker_client: docker.DockerClient, busybox_image: str) -> str:
-    return build_reporter(docker_client, busybox_image)
+def reporter_image(docker_client: docker.DockerClient, busybox_image: str) -> Iterator[str]:
+    yield build_reporter(docker_client, busybox_image)
+    remove_image(docker_client, REPORTER_IMAGE)
 
 
 def docker_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.runtime.docker_types import ContainerInfo
-from agent.supervise.cleanup import GONE, keep_notice, removal_reason, succeeded
+from agent.supervise.cleanup import GONE, keep_notice, removal_reason, remove_at_once, succeeded
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
@@ -39,6 +39,33 @@ def info(status: str = "exited", code: int | None = 0, oom: bool = False,
 ])
 def test_removal_reason(container: ContainerInfo, state: str | None, expected: str | None) -> None:
     assert removal_reason(container, state, keep_hours=24, min_age_s=60, now=NOW) == expected
+
+
+def test_kept_successful_containers_wait_their_own_hours_not_the_failed_ones() -> None:
+    old = info(age_s=2 * 3600)
+    assert removal_reason(old, "Success", keep_hours=1, min_age_s=60, now=NOW,
+                          keep_successful_hours=3) is None
+    assert removal_reason(old, "Success", keep_hours=24, min_age_s=60, now=NOW,
+                          keep_successful_hours=1) == "succeeded"
+
+
+@pytest.mark.parametrize(("container", "ended", "keep", "expected"), [
+    (info(age_s=0), "Success", 0, True),
+    (info(age_s=0), "Cached", 0, True),
+    (info(age_s=0), "Success", 0.5, False),  # the operator keeps them
+    (info(code=1), "Success", 0, False),
+    (info(code=137, oom=True), "Success", 0, False),
+    (info(), "Failed", 0, False),
+    (info(), "Cancelled", 0, False),
+    (info(), "state still Running", 0, False),  # exit 0 without a final state: the sweep decides later
+    (info(), "Scheduled", 0, False),
+    (info(), None, 0, False),  # the run is gone or unknown
+    (info(status="running", code=None), "Success", 0, False),
+    (None, "Success", 0, False),
+])
+def test_remove_at_once_only_after_a_successful_end(container: ContainerInfo | None, ended: str | None,
+                                                    keep: float, expected: bool) -> None:
+    assert remove_at_once(container, ended, keep) is expected
 
 
 def test_keep_zero_hours_removes_failed_ones_at_once() -> None:
