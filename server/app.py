@@ -1,4 +1,5 @@
-"""aiohttp application: GraphQL over POST at `/` and `/graphql` (with or without a trailing slash).
+"""aiohttp application: GraphQL over POST at `/` and `/graphql` (with or without a trailing slash), and the
+web UI's static files (`server.ui.routes`).
 
 Each request is parsed, validated and executed in a worker thread (resolvers are synchronous SQLAlchemy), so a
 slow database write or a long poll never blocks the event loop. Response codes follow Apollo as the Prefect
@@ -50,6 +51,7 @@ from server.request_limits import (
     too_complex,
 )
 from server.schema import build
+from server.ui import routes as ui_routes
 
 PUBLIC_FIELDS = frozenset({"hello", "api", "__typename", "__schema", "__type"})
 Payload = dict[str, Any]
@@ -326,7 +328,9 @@ def build_app(services: Services) -> web.Application:
 
     for path in ("/", "/graphql", "/graphql/"):
         app.router.add_post(path, handle)
-        app.router.add_get(path, not_allowed)
+        if path != "/":
+            app.router.add_get(path, not_allowed)
+    ui_routes.install(app, not_allowed)  # GET / from a browser: the web UI
     app.on_cleanup.append(_shutdown_executor)
     return app
 

@@ -47,8 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     _database_option(new_tenant)
 
     runs = sub.add_parser("flow-run", help="flow runs").add_subparsers(dest="run_command", required=True)
-    run = runs.add_parser("create", help="create a flow run and print its id")
-    run.add_argument("--flow-id", required=True)
+    run = runs.add_parser("create", help="create a flow run; prints its id (stdout) and its page in the web "
+                                         "UI (stderr, at LOCAL_AGENT_SERVER_PUBLIC_URL)")
+    flow = run.add_mutually_exclusive_group(required=True)
+    flow.add_argument("--flow-id")
+    flow.add_argument("--flow", metavar="NAME", help="the newest version of the flow with this name")
     run.add_argument("--parameters", help="JSON object")
     run.add_argument("--labels", nargs="*")
     run.add_argument("--name")
@@ -193,7 +196,9 @@ def _dispatch(args: argparse.Namespace, settings: ServerSettings) -> int:
 
         print(create_tenant(services.engine, args.name, args.slug))
     elif args.command == "flow-run":
-        print(_create_run(services, args))
+        run_id = _create_run(services, args)
+        print(run_id)
+        print(f"{settings.ui_url}#/runs/{run_id}", file=sys.stderr)
     elif args.command == "seed":
         from server.seed import seed_flow_runs
 
@@ -222,7 +227,8 @@ def _create_run(services: Any, args: argparse.Namespace) -> str:
     from server.errors import ApiError
     from server.resolvers.runs import create_flow_run
 
-    run_input: dict[str, Any] = {"flow_id": args.flow_id, "flow_run_name": args.name}
+    flow_id = args.flow_id or _newest_flow(services.engine, args.flow)
+    run_input: dict[str, Any] = {"flow_id": flow_id, "flow_run_name": args.name}
     if args.parameters:
         run_input["parameters"] = json.loads(args.parameters)
     if args.labels is not None:
@@ -231,6 +237,21 @@ def _create_run(services: Any, args: argparse.Namespace) -> str:
         return create_flow_run(RequestContext(services), run_input)
     except ApiError as exc:
         raise ValueError(exc.message) from exc
+
+
+def _newest_flow(engine: Any, name: str) -> str:
+    """The id of the newest unarchived version of the flow `name` (as `prefect run --name` picks it)."""
+    from sqlalchemy import select
+
+    from server import db
+
+    flow = db.flow
+    with db.read_tx(engine) as conn:
+        found = conn.execute(select(flow.c.id).where(flow.c.name == name, flow.c.archived.is_(False))
+                             .order_by(flow.c.version.desc()).limit(1)).scalar()
+    if found is None:
+        raise ValueError(f"no flow named {name!r} (unarchived) on this server")
+    return str(found)
 
 
 def _checked_lookup(args: argparse.Namespace) -> None:

@@ -198,6 +198,11 @@ flow_run = Table(
     # Unique: two replicas creating a run with one key at once cannot both insert (NULL keys never clash).
     Index("uq_flow_run_idempotency", "flow_id", "idempotency_key", unique=True),
     Index("ix_flow_run_heartbeat", "state", "heartbeat"),
+    # The web UI's runs page: newest first (keyset on scheduled start time, then id), all runs, or one
+    # flow's, or one state's.
+    Index("ix_flow_run_scheduled", "scheduled_start_time", "id"),
+    Index("ix_flow_run_flow_scheduled", "flow_id", "scheduled_start_time", "id"),
+    Index("ix_flow_run_state_scheduled", "state", "scheduled_start_time", "id"),
 )
 
 task_run = Table(

@@ -9,10 +9,13 @@ Sibling keys are AND-ed; an empty `_or` is true, as in Hasura.
 character, PostgreSQL's is case-sensitive and escapes with a backslash): `_like` is case-sensitive, `_ilike`
 is not, `%` and `_` are the only wildcards and every other character, a backslash too, matches itself. On
 SQLite `_like` is a GLOB of the translated pattern; on PostgreSQL `ESCAPE ''` switches the escape off.
+`labels: {_contains: [...]}` (Hasura's jsonb containment, for a list of strings) is `@>` on PostgreSQL and
+`json_each` on SQLite.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +40,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from server import db
+from server.errors import ApiError
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ SPECS: dict[str, Spec] = {
         db.flow_run,
         {"flow": Relation("flow", "flow_id", "id"), "task_runs": Relation("task_run", "id", "flow_run_id")},
     ),
+    "flow_run_state": Spec(db.flow_run_state),
+    "agent": Spec(db.agent),
     "task_run": Spec(
         db.task_run,
         {"flow_run": Relation("flow_run", "flow_run_id", "id"), "task": Relation("task", "task_id", "id")},
@@ -122,6 +128,36 @@ def _compile_sqlite(element: Like, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({column} GLOB {compiler.process(element.glob, **kw)})"
 
 
+class Contains(ColumnElement[bool]):
+    """`column` (a JSON array) holds every one of `values` (strings), compiled per dialect below."""
+
+    type = Boolean()
+    inherit_cache = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("wanted", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: Any, values: Any) -> None:
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ApiError("_contains takes a list of strings (labels).", "BAD_USER_INPUT")
+        self.column = column
+        self.wanted = bindparam(None, json.dumps(values), type_=String(), unique=True)
+
+
+@compiles(Contains)
+def _compile_contains(element: Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    column, wanted = compiler.process(element.column, **kw), compiler.process(element.wanted, **kw)
+    return f"({column} @> CAST({wanted} AS JSONB))"
+
+
+@compiles(Contains, "sqlite")
+def _compile_contains_sqlite(element: Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    column, wanted = compiler.process(element.column, **kw), compiler.process(element.wanted, **kw)
+    return (f"(NOT EXISTS (SELECT 1 FROM json_each({wanted}) AS w WHERE NOT EXISTS "
+            f"(SELECT 1 FROM json_each({column}) AS h WHERE h.value = w.value)))")
+
+
 _OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
     "_eq": lambda c, v: c == v,
     "_neq": lambda c, v: c != v,
@@ -134,6 +170,7 @@ _OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
     "_like": lambda c, v: Like(c, v),
     "_ilike": lambda c, v: Like(c, v, insensitive=True),
     "_is_null": lambda c, v: c.is_(None) if v else c.is_not(None),
+    "_contains": lambda c, v: Contains(c, v),
 }
 
 
@@ -172,7 +209,8 @@ def _compare(column: Any, comparison: Mapping[str, Any]) -> ColumnElement[bool]:
 
 def order_clauses(source: FromClause, order_by: list[Mapping[str, str]] | None) -> list[UnaryExpression[Any]]:
     """`order_by: [{col: desc_nulls_last}]` -> ORDER BY terms with explicit NULL placement (the same on
-    every backend); the id is appended for a stable order."""
+    every backend). A NOT NULL column gets none: each backend's own placement then matches its indexes
+    (an explicit one that differs keeps SQLite from reading an index in order)."""
     terms: list[UnaryExpression[Any]] = []
     for item in order_by or []:
         for key, direction in item.items():
@@ -181,6 +219,9 @@ def order_clauses(source: FromClause, order_by: list[Mapping[str, str]] | None) 
             column = source.c[key]
             descending = direction.startswith("desc")
             term = column.desc() if descending else column.asc()
+            if not getattr(column, "nullable", True):
+                terms.append(term)
+                continue
             # Unless asked: PostgreSQL's (Hasura's) default, NULLs count as largest (SQLite: smallest).
             if direction.endswith("nulls_first") or (descending and not direction.endswith("nulls_last")):
                 term = term.nulls_first()

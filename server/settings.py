@@ -34,6 +34,9 @@ class ServerSettings(BaseSettings):
     database_url: str = Field(default_factory=default_database_url)
     auth: Literal["none", "token"] = "token"
     log_level: str = "INFO"
+    # Where users reach this server (behind a published port or a proxy), for the links to the web UI that the
+    # CLI prints; unset, http://<host>:<port> (127.0.0.1 for a wildcard host).
+    public_url: str = Field("", pattern=r"^$|^https?://[^\s/]+(/[^\s]*)?$")
     # Lazarus: Submitted/Running runs whose heartbeat is older than this go back to Scheduled.
     zombie_timeout_s: float = Field(600.0, gt=0)
     zombie_check_interval_s: float = Field(30.0, gt=0)
@@ -95,6 +98,15 @@ class ServerSettings(BaseSettings):
             raise ValueError("zombie_lease_ttl_s must be longer than zombie_check_interval_s, or the sweep's "
                              "lease runs out between two rounds and passes from replica to replica")
         return self
+
+    @property
+    def ui_url(self) -> str:
+        """The web UI's address as a user's browser reaches it."""
+        if self.public_url:
+            return self.public_url.rstrip("/") + "/ui/"
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/ui/"
 
     @property
     def scheduler_lease_ttl_s(self) -> float:

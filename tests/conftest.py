@@ -1,5 +1,5 @@
-"""Shared pytest wiring: fixture plugins, the docker marker, CI's "Docker is required" rule, a clean env, and
-the store every server test runs on (SQLite and PostgreSQL)."""
+"""Shared pytest wiring: fixture plugins, the docker and browser markers, CI's "Docker is required" rule, a
+clean env, and the store every server test runs on (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.browser.chromium import chromium_missing
 
 pytest_plugins = [
     "tests.support.server_fixtures",
@@ -21,6 +23,7 @@ pytest_plugins = [
 ]
 
 DOCKER_FIXTURES = {"docker_client", "flow_image", "busybox_image", "registry", "stand_in_image", "runtime"}
+BROWSER_FIXTURES = {"browser"}  # tests/browser/conftest.py: every page fixture depends on it
 
 
 # Modules whose every test that touches the server's store runs once per backend (ids [sqlite], [postgres]).
@@ -57,16 +60,36 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use a Docker fixture are marked `docker`, so the marker cannot drift from fixture use.
+    """Tests that use a Docker (browser) fixture are marked `docker` (`browser`), so the marker cannot drift
+    from fixture use.
     A `sqlite_only` mark on one parameter set (`pytest.param(..., marks=...)`) skips its postgres variant."""
     for item in items:
-        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DOCKER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.docker)
+        if BROWSER_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.browser)
         params = getattr(getattr(item, "callspec", None), "params", {})
         sqlite_only = item.get_closest_marker("sqlite_only")
         if sqlite_only is not None and params.get("db_backend") == "postgres":
             reason = sqlite_only.kwargs.get("reason") or (sqlite_only.args[0] if sqlite_only.args else "")
             item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A `browser` test without Playwright or Chromium skips on a developer machine and fails in CI
+    (LOCAL_AGENT_REQUIRE_DOCKER=1), where a skipped suite would look green; checked before any fixture."""
+    if item.get_closest_marker("browser") is None:
+        return
+    reason = chromium_missing()
+    if reason is None:
+        return
+    from tests.support.docker_fixtures import docker_required  # a plugin: imported once pytest registered it
+
+    if docker_required():
+        pytest.fail(f"Chromium is required (LOCAL_AGENT_REQUIRE_DOCKER=1): {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture

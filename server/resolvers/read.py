@@ -34,7 +34,8 @@ def list_rows(
     extra: ColumnElement[bool] | None = None,
     nested: bool = False,
 ) -> list[Row]:
-    """Rows of one table, tenant-scoped, filtered, ordered (then by creation, for a stable order).
+    """Rows of one table, tenant-scoped, filtered, ordered (then by creation, for a stable order, unless the
+    order already ends in the unique id: a redundant tail keeps an index from serving the ORDER BY).
 
     Every list is bounded (`list_limit`), and rows a multi-transaction write has not finished are hidden.
     """
@@ -44,7 +45,9 @@ def list_rows(
     stmt = select(table).where(ctx.scoped(table), where_clause(kind, table, where), visible(kind))
     if extra is not None:
         stmt = stmt.where(extra)
-    stmt = stmt.order_by(*order_clauses(table, order_by), table.c.created, table.c.id)
+    stmt = stmt.order_by(*order_clauses(table, order_by))
+    if not any(item.get("id") for item in order_by or []):
+        stmt = stmt.order_by(*(c for c in (table.c.get("created"), table.c.id) if c is not None))
     stmt = stmt.limit(list_limit(ctx.settings, limit, nested=nested))
     if offset:
         stmt = stmt.offset(offset)
@@ -102,6 +105,28 @@ def resolve_tasks(obj: Row, info: GraphQLResolveInfo, where: dict[str, Any] | No
     return list_rows(ctx_of(info), "task", where=where, extra=db.task.c.flow_id == obj["id"], nested=True)
 
 
+def resolve_states(obj: Row, info: GraphQLResolveInfo, **args: Any) -> list[Row]:
+    """The run's state history (oldest first unless asked); FLOW_RUN tokens see none (`run_scope`)."""
+    extra = db.flow_run_state.c.flow_run_id == obj["id"]
+    args.setdefault("order_by", [{"timestamp": "asc"}, {"version": "asc"}])
+    return list_rows(ctx_of(info), "flow_run_state", extra=extra, nested=True, **args)
+
+
+def resolve_flow_runs(obj: Row, info: GraphQLResolveInfo, **args: Any) -> list[Row]:
+    """Prefect Server's `flow.flow_runs`: bounded like a root list (a flow may have 100,000 runs)."""
+    extra = db.flow_run.c.flow_id == obj["id"]
+    return list_rows(ctx_of(info), "flow_run", extra=extra, **args)
+
+
+def resolve_schedule_active(obj: Row, info: GraphQLResolveInfo) -> bool | None:
+    group = db.flow_group
+    ctx = ctx_of(info)
+    with ctx.read() as conn:
+        active = conn.execute(select(group.c.schedule_active).where(
+            group.c.id == obj.get("flow_group_id"), ctx.scoped(group))).scalar()
+    return None if active is None else bool(active)
+
+
 def resolve_hello(_obj: Any, _info: GraphQLResolveInfo) -> str:
     return "👋"
 
@@ -113,7 +138,7 @@ def resolve_api(_obj: Any, info: GraphQLResolveInfo) -> Row:
         capabilities.append("flow_run_tokens")
     return {
         "backend": "SERVER", "mode": "normal", "version": __version__, "core_version": "1.4.1",
-        "release_timestamp": None, "capabilities": capabilities,
+        "release_timestamp": None, "capabilities": capabilities, "auth_mode": ctx_of(info).settings.auth,
     }
 
 
@@ -143,10 +168,14 @@ RESOLVERS: dict[str, Any] = {
     "Query.auth_info": resolve_auth_info,
     "Query.get_task_run_info": resolve_get_task_run_info,
     **{f"Query.{kind}": _lister(kind) for kind in (
-        "project", "flow", "flow_run", "task_run", "agent_config", "log")},  # tenant: tenants.py
+        "project", "flow", "flow_run", "task_run", "agent_config", "log", "agent")},  # tenant: tenants.py
     **{f"Query.{kind}_by_pk": _by_pk(kind) for kind in ("flow", "flow_run", "task_run")},
     "flow_run.flow": _parent("flow", "flow_id"),
     "flow_run.task_runs": resolve_task_runs,
+    "flow_run.states": resolve_states,
+    "flow_run.agent": _parent("agent", "agent_id"),
+    "flow.flow_runs": resolve_flow_runs,
+    "flow.is_schedule_active": resolve_schedule_active,
     "task_run.flow_run": _parent("flow_run", "flow_run_id"),
     "task_run.task": _parent("task", "task_id"),
     "flow.project": _parent("project", "project_id"),

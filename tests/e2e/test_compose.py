@@ -29,8 +29,8 @@ import requests
 
 from server.auth import TOKEN_PREFIX
 from tests.support import api
-from tests.support.docker_fixtures import RUN_ID, docker_unavailable, remove_containers
-from tests.support.images import REPO_ROOT, build_image
+from tests.support.docker_fixtures import RUN_ID, docker_unavailable, remove_containers, test_labels
+from tests.support.images import REPO_ROOT, build_image, flow_image_env
 from tests.support.server_fixtures import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -131,9 +131,10 @@ class PublishedServer:
         return requests.post(self.url, data=json.dumps(body), headers=sent, timeout=15).json()  # type: ignore[no-any-return]
 
 
-def isolated_env(project: str, port: int, agent_name: str) -> dict[str, str]:
-    """The caller's environment without our settings (they would leak into the services), plus the test's."""
-    own = ("PREFECT__", "LOCAL_AGENT_", "PIP_", "PYTHON_IMAGE", "COMPOSE_")
+def isolated_env(project: str, port: int, agent_name: str, flow_image: str) -> dict[str, str]:
+    """The caller's environment without our settings (they would leak into the services), plus the test's:
+    the demo uses the tests' own flow image, never the user's demo tag."""
+    own = ("PREFECT__", "LOCAL_AGENT_", "PIP_", "PYTHON_IMAGE", "COMPOSE_", "EXAMPLE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     env.update({
         "LOCAL_AGENT_NETWORK": f"{project}-net",
@@ -141,6 +142,7 @@ def isolated_env(project: str, port: int, agent_name: str) -> dict[str, str]:
         "LOCAL_AGENT_IMAGE": AGENT_IMAGE,
         "LOCAL_AGENT_IMAGE_SERVER": SERVER_IMAGE,
         "PREFECT__CLOUD__AGENT__NAME": agent_name,
+        **flow_image_env(flow_image),
     })
     return env
 
@@ -170,7 +172,7 @@ def compose_project(
     build_product_image(docker_client, "agent")
     name = f"lae2e{RUN_ID[:8]}{os.getpid() % 10000}"
     agent_name = f"{name}-agent"
-    project = ComposeProject(name, isolated_env(name, free_port(), agent_name), tmp_path)
+    project = ComposeProject(name, isolated_env(name, free_port(), agent_name, flow_image), tmp_path)
     with running_project(docker_client, project, agent_name) as running:
         yield running
 
@@ -226,6 +228,8 @@ def test_compose_up_runs_the_demo_flow_to_success_and_stops_cleanly(
     run_logs = project.run("exec", "-T", "server", "local-agent-server", "logs", run_id).stdout
     assert "Submitted for execution" in run_logs and "HELLO, WORLD!" in run_logs, run_logs
 
+    wait_healthy(agent)  # the image's healthcheck passes under compose v1 and v2 alike
+
     stop_started = time.monotonic()
     agent.stop(timeout=STOP_GRACE_S)
     stop_seconds = time.monotonic() - stop_started
@@ -235,3 +239,46 @@ def test_compose_up_runs_the_demo_flow_to_success_and_stops_cleanly(
     assert stop_seconds < STOP_GRACE_S, f"the agent needed {stop_seconds:.1f} s to stop"
     assert SHUTDOWN_LINE.search(log), log
     assert not TOKEN_PATTERN.search(project.logs()), "a token reached a compose service's log"
+
+    # The README's `docker run` of an agent beside the compose stack, on its network, runs the next run.
+    run_id = project.run("exec", "-T", "server", "local-agent-server", "flow-run", "create", "--flow",
+                         "hello").stdout.strip()
+    with docker_run_agent(docker_client, project) as runner:
+        try:
+            run = api.wait_for_state(server, run_id, ["Success", "Failed"], timeout=120, token=user_token)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- agent\n{runner.logs().decode(errors='replace')}") from exc
+        assert run["state"] == "Success", run["serialized_state"]
+
+
+def wait_healthy(container: docker.models.containers.Container, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        health = container.attrs["State"].get("Health") or {}
+        if health.get("Status") == "healthy":
+            return
+        time.sleep(1)
+    raise AssertionError(f"{container.name} is not healthy: {container.attrs['State'].get('Health')}")
+
+
+@contextmanager
+def docker_run_agent(client: docker.DockerClient, project: ComposeProject
+                     ) -> Iterator[docker.models.containers.Container]:
+    """The agent image as README's "beside the compose stack" shows it: on the compose network, the API at
+    http://server:4200, its own RUNNER token, flow containers on the same network. Same agent name as the
+    compose agent (stopped by now), so the project's teardown removes its flow containers."""
+    network = project.env["LOCAL_AGENT_NETWORK"]
+    create = ("local-agent-server", "token", "create", "--scope", "RUNNER", "--name", "docker-run")
+    token = project.run("exec", "-T", "server", *create).stdout.strip()
+    container = client.containers.run(
+        AGENT_IMAGE, detach=True, name=f"{project.name}-docker-run", network=network,
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}},
+        labels=test_labels(),
+        environment={"PREFECT__CLOUD__API": "http://server:4200", "PREFECT__CLOUD__AGENT__NETWORK": network,
+                     "PREFECT__CLOUD__AGENT__API_TOKEN": token,
+                     "PREFECT__CLOUD__AGENT__NAME": project.env["PREFECT__CLOUD__AGENT__NAME"]})
+    try:
+        yield container
+    finally:
+        container.remove(force=True)

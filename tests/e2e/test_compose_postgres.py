@@ -49,7 +49,7 @@ def postgres_project(
     build_product_image(docker_client, "agent")
     name = f"lae2epg{RUN_ID[:8]}{os.getpid() % 10000}"
     agent_name = f"{name}-agent"
-    env = isolated_env(name, free_port(), agent_name)
+    env = isolated_env(name, free_port(), agent_name, flow_image)
     env.update({"LOCAL_AGENT_POSTGRES_IMAGE": postgres_image(docker_client),
                 "LOCAL_AGENT_PG_SERVER_PORT": str(free_port())})
     project = ComposeProject(name, env, tmp_path)

@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.test_compose import AGENT_IMAGE, SERVER_IMAGE, build_product_image
 from tests.support.docker_fixtures import RUN_ID, test_labels
-from tests.support.images import REPO_ROOT
+from tests.support.images import REPO_ROOT, flow_image_env
 from tests.support.swarm_fixtures import (
     FLOW_RUN_LABEL,
     SwarmManager,
@@ -159,7 +159,7 @@ def test_stack_deploy_runs_the_demo_flow_to_success_through_a_flow_service(
     create = ["local-agent-server", "token", "create", "--scope", "USER", "--name", "stack-demo"]
     user_token = server.exec_run(create, demux=True).output[0].decode().strip()
     demo_env = SecretEnv({"PREFECT__BACKEND": "cloud", "PREFECT__CLOUD__API": "http://server:4200",
-                          "PREFECT__CLOUD__API_KEY": user_token})
+                          "PREFECT__CLOUD__API_KEY": user_token, **flow_image_env(flow_image)})
     output = run_in(client, flow_image, ["/opt/prefect/register.py", "--flow", "hello", "--create-run"],
                     entrypoint=["python"], environment=demo_env, network=stack.network)
     summary = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])

@@ -127,8 +127,17 @@ def test_cli_token_and_flow_run_on_a_running_server(token_server: ServerHandle) 
         "flow-run", "create", "--flow-id", flow_id, "--parameters", '{"a": 1}', "--labels", "l1", "l2"
     )
     assert proc.returncode == 0, proc.stderr
-    run = api.flow_run(token_server, proc.stdout.strip(), token)
+    run_id = proc.stdout.strip()
+    run = api.flow_run(token_server, run_id, token)
     assert (run["parameters"], run["labels"], run["state"]) == ({"a": 1}, ["l1", "l2"], "Scheduled")
+    assert proc.stderr.strip().endswith(f"/ui/#/runs/{run_id}"), proc.stderr  # where to look at it
+    by_name = token_server.cli("flow-run", "create", "--flow", "cli-flow", env={
+        "LOCAL_AGENT_SERVER_PUBLIC_URL": "https://agents.example.com/prefect"})
+    assert by_name.returncode == 0, by_name.stderr
+    assert api.flow_run(token_server, by_name.stdout.strip(), token)["flow_id"] == flow_id
+    assert by_name.stderr.strip() == f"https://agents.example.com/prefect/ui/#/runs/{by_name.stdout.strip()}"
+    unknown = token_server.cli("flow-run", "create", "--flow", "no-such-flow")
+    assert unknown.returncode == 1 and "no flow named 'no-such-flow'" in unknown.stderr
     missing = token_server.cli("flow-run", "create", "--flow-id", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert token_server.cli("token", "create", "--scope", "ROOT", "--name", "x").returncode == 2

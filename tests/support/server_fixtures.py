@@ -54,10 +54,12 @@ class ServerHandle:
         env.update(self.extra_env)
         return env
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `python -m server <args> --database-url <this db>` (same environment as the server)."""
+    def cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run `python -m server <args> --database-url <this db>` (the server's environment, plus `env`)."""
         return subprocess.run([sys.executable, "-m", "server", *args, "--database-url", self.database_url],
-                              env=self._env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+                              env={**self._env(), **(env or {})}, cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=timeout)
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -68,6 +68,34 @@ def service_env(service: str) -> set[str]:
     return set(env) if isinstance(env, dict) else {item.split("=", 1)[0] for item in env}
 
 
+def image_env(stage: str) -> dict[str, str]:
+    """The `ENV` values a Dockerfile stage sets itself (`ENV A=1 \\ B=2`, one or several lines)."""
+    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages = re.split(r"(?m)^FROM ", text)
+    (body,) = [part for part in stages if re.match(rf"\S+ AS {stage}\s", part)]
+    found: dict[str, str] = {}
+    for line in re.findall(r"(?m)^ENV (.+)$", body):
+        found.update(re.findall(r"([A-Z][A-Z0-9_]*)=(\S+)", line))
+    return found
+
+
+@pytest.mark.parametrize(("service", "stage"), [("agent", "agent"), ("server", "server")])
+def test_compose_keeps_the_image_defaults_when_a_variable_is_unset(service: str, stage: str) -> None:
+    """Compose v1 passes an unset pass-through entry (`NAME:`) as an empty value, which wipes the image's own
+    `ENV` default (it once switched the agent's health server off, so its healthcheck failed): every
+    setting the image sets must be fixed or defaulted to the image's value in the compose file."""
+    env = compose()["services"][service].get("environment") or {}
+    assert isinstance(env, dict)
+    wiped = {}
+    for name, value in image_env(stage).items():
+        if name not in env or not name.startswith(_SETTING_PREFIXES):
+            continue
+        written = "" if env[name] is None else str(env[name])
+        if not (written == value or written.endswith(f":-{value}}}") or (written and "${" not in written)):
+            wiped[name] = (written, value)
+    assert not wiped, f"compose entries that would replace the image's default with nothing: {wiped}"
+
+
 def test_every_agent_setting_is_documented() -> None:
     missing = set(agent_fields()) - set(env_example_entries())
     assert not missing, f"add to .env.example (see scripts/env_skeleton.py): {sorted(missing)}"

@@ -145,6 +145,7 @@ ROOT_CALLS: dict[str, Callable[[dict[str, str], str], Call]] = {
     "project": lambda ids, x: ("query { project { id tenant_id } }", {}),
     "flow": lambda ids, x: ("query { flow { id tenant_id tasks { id } project { id } } }", {}),
     "agent_config": lambda ids, x: ("query { agent_config { id } }", {}),
+    "agent": lambda ids, x: ("query($v: uuid) { agent(where: {id: {_neq: $v}}) { id name } }", {"v": x}),
     "flow_by_pk": lambda ids, x: _by_id("flow_by_pk")(x),
     "flow_run": lambda ids, x: (
         "query($v: uuid) { flow_run(where: {id: {_neq: $v}}) { id flow { id } task_runs { id } } }",

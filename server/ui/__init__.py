@@ -1,0 +1,2 @@
+"""The web UI: a static bundle (`static/`) served next to the API; it reads and acts only through
+`/graphql`."""
