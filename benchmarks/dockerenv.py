@@ -135,7 +135,8 @@ class StartWatcher(ContainerEvents):
 
 
 def remove_flow_containers(client: docker.DockerClient, flow_name: str) -> int:
-    """Remove every container of this benchmark's flow (our agent does not auto-remove; Prefect's does)."""
+    """Remove every container of this benchmark's flow (our agent removes only successful runs' containers,
+    and not at once; Prefect's auto-removes)."""
     removed = 0
     # The low-level list: the high-level one inspects each container and trips over auto-removed ones.
     for container in client.api.containers(all=True, filters={"label": f"{FLOW_NAME_LABEL}={flow_name}"}):

@@ -38,6 +38,8 @@ from server import auth
 from server.context import RequestContext, Services
 from server.errors import OUTAGE, ApiError, DatabaseUnavailableError, database_unavailable, refused_value
 from server.request_limits import (
+    CROSS_SITE_FORM_REFUSED,
+    CROSS_SITE_FORM_TYPES,
     LARGE_BODY_BYTES,
     BodyTooLarge,
     ByteLRU,
@@ -313,6 +315,8 @@ def build_app(services: Services) -> web.Application:
     app[GRAPHQL_KEY] = service
 
     async def handle(request: web.Request) -> web.Response:
+        if request.content_type in CROSS_SITE_FORM_TYPES:
+            return _json({"errors": [error(CROSS_SITE_FORM_REFUSED, "UNSUPPORTED_MEDIA_TYPE")]}, 415)
         started = time.perf_counter()
         headers = {k.lower(): v for k, v in request.headers.items()}
         status, payload, close = await _respond(service, request, headers)

@@ -240,18 +240,23 @@ def _create_run(services: Any, args: argparse.Namespace) -> str:
 
 
 def _newest_flow(engine: Any, name: str) -> str:
-    """The id of the newest unarchived version of the flow `name` (as `prefect run --name` picks it)."""
+    """The id of the newest registered, unarchived version of the flow `name` (as `prefect run --name` picks
+    it); two flows of that name (other projects or tenants) need --flow-id."""
     from sqlalchemy import select
 
     from server import db
 
     flow = db.flow
     with db.read_tx(engine) as conn:
-        found = conn.execute(select(flow.c.id).where(flow.c.name == name, flow.c.archived.is_(False))
-                             .order_by(flow.c.version.desc()).limit(1)).scalar()
-    if found is None:
-        raise ValueError(f"no flow named {name!r} (unarchived) on this server")
-    return str(found)
+        found = conn.execute(select(flow.c.id, flow.c.flow_group_id).where(
+            flow.c.name == name, flow.c.archived.is_(False), flow.c.ready.is_(True))
+            .order_by(flow.c.version.desc())).all()
+    if not found:
+        raise ValueError(f"no flow named {name!r} (registered, unarchived) on this server")
+    if len({group for _, group in found}) > 1:
+        raise ValueError(f"{len(found)} flows are named {name!r} (other projects or tenants): use --flow-id "
+                         f"({', '.join(str(flow_id) for flow_id, _ in found[:5])})")
+    return str(found[0][0])
 
 
 def _checked_lookup(args: argparse.Namespace) -> None:

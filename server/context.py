@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, FromClause, and_, true
 from server import db, pg_notify, run_scope
 from server.errors import ForbiddenError
 from server.events import QueueEvents
+from server.limits import limit_error
 from server.settings import ServerSettings
 
 # Ordered: each may do everything the ones before it may, except that FLOW_RUN is also limited to its run.
@@ -54,6 +55,7 @@ class RequestContext:
     core_version: str | None = None
     flow_run_id: str | None = None
     share_reads: bool = False
+    rows_read: int = 0  # over every list of this request, against `max_rows_per_request`
     _stack: ExitStack = field(default_factory=ExitStack)
     _conn: Connection | None = None
 
@@ -78,6 +80,13 @@ class RequestContext:
 
     def write(self) -> AbstractContextManager[Connection]:
         return db.write_tx(self.engine)
+
+    def count_rows(self, rows: int) -> None:
+        """Charge a list's rows to this request; past `max_rows_per_request`, the request fails."""
+        self.rows_read += rows
+        if self.rows_read > self.settings.max_rows_per_request:
+            raise limit_error("Rows read by this request", self.rows_read, self.settings.max_rows_per_request,
+                              "max_rows_per_request")
 
     def close(self) -> None:
         self._stack.close()

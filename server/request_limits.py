@@ -100,6 +100,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+# The bodies a web page may POST to another site without the browser asking first (CORS "simple requests"):
+# refused, so a page a user visits cannot drive a server on their machine (`--auth none` has no token to
+# stop it). Every GraphQL client sends application/json.
+CROSS_SITE_FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+CROSS_SITE_FORM_REFUSED = ("Send GraphQL as JSON (Content-Type: application/json): a form or text body is "
+                           "what any web page can post to this server, so it is refused.")
+
 LARGE_BODY_BYTES = 64 * 1024  # parsed in a worker thread from this size on
 
 

@@ -66,6 +66,8 @@ class ServerSettings(BaseSettings):
     max_log_message_bytes: int = Field(1_000_000, ge=1)
     list_default_limit: int = Field(1_000, ge=1)
     list_max_limit: int = Field(10_000, ge=1)
+    # All rows one request reads, over every list it nests (flow_run -> flow -> flow_runs -> ... multiplies).
+    max_rows_per_request: int = Field(50_000, ge=1_000)
     max_name_chars: int = Field(1_000, ge=1)
     max_labels: int = Field(100, ge=0)
     max_label_chars: int = Field(255, ge=1)

@@ -37,7 +37,8 @@ def list_rows(
     """Rows of one table, tenant-scoped, filtered, ordered (then by creation, for a stable order, unless the
     order already ends in the unique id: a redundant tail keeps an index from serving the ORDER BY).
 
-    Every list is bounded (`list_limit`), and rows a multi-transaction write has not finished are hidden.
+    Every list is bounded (`list_limit`), and so is the sum of all lists of one request
+    (`max_rows_per_request`); rows a multi-transaction write has not finished are hidden.
     """
     if offset is not None and offset < 0:
         raise ApiError("limit and offset must not be negative.", "BAD_USER_INPUT")
@@ -48,11 +49,14 @@ def list_rows(
     stmt = stmt.order_by(*order_clauses(table, order_by))
     if not any(item.get("id") for item in order_by or []):
         stmt = stmt.order_by(*(c for c in (table.c.get("created"), table.c.id) if c is not None))
-    stmt = stmt.limit(list_limit(ctx.settings, limit, nested=nested))
+    left = ctx.settings.max_rows_per_request - ctx.rows_read
+    stmt = stmt.limit(min(list_limit(ctx.settings, limit, nested=nested), left + 1))  # +1: over the budget
     if offset:
         stmt = stmt.offset(offset)
     with ctx.read() as conn:
-        return [dict(row._mapping) for row in conn.execute(stmt)]
+        rows = [dict(row._mapping) for row in conn.execute(stmt)]
+    ctx.count_rows(len(rows))
+    return rows
 
 
 def visible(kind: str) -> ColumnElement[bool]:

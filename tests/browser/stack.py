@@ -4,7 +4,6 @@ containers of the real flow image. One stack per test module: the flow runs it s
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,8 +13,8 @@ from typing import Any
 import docker
 
 from tests.support import api
-from tests.support.agent_fixtures import AGENT_LABEL, AgentProcess, agent_env
-from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL
+from tests.support.agent_fixtures import AgentProcess, remove_agent_containers, start_agent
+from tests.support.docker_fixtures import RUN_ID
 from tests.support.prefect_fixtures import PrefectBackend, PrefectVenv, register_examples, running_backend
 
 FLOWS = ("hello", "failing", "sleepy")
@@ -49,32 +48,16 @@ class UiStack:
         return api.create_flow_run(self.server, flow_id, token=self.user_token, name=name, **kwargs)
 
 
-def start_agent(server: Any, token: str, workdir: Path, **settings: Any) -> AgentProcess:
-    """`python -m agent start` as tests.support.agent_fixtures.agent_factory starts it, for a whole module."""
-    name = f"browser-agent-{RUN_ID}-{workdir.name}"
-    home = workdir / "prefect-home"
-    home.mkdir(parents=True, exist_ok=True)
-    settings = {"level": "DEBUG", "drain_timeout": 10, **settings, "name": name,
-                "container_labels": {TEST_RUN_LABEL: RUN_ID}}
-    env = agent_env(server, token, home, settings)
-    return AgentProcess([sys.executable, "-m", "agent", "start"], env, workdir / f"{name}.log", name)
-
-
-def remove_agent_containers(client: docker.DockerClient, agent_name: str) -> None:
-    for container in client.containers.list(all=True, filters={"label": f"{AGENT_LABEL}={agent_name}"}):
-        try:
-            container.remove(force=True)
-        except docker.errors.APIError:  # gone already (auto-remove, concurrent cleanup)
-            pass
-
-
 @contextmanager
 def ui_stack(prefect_venv: PrefectVenv, client: docker.DockerClient, workdir: Path) -> Iterator[UiStack]:
     """Server, agent (started first: it comes up while the client registers) and the example flows."""
     with running_backend("cloud", workdir / "server", host="0.0.0.0") as backend:
         assert backend.runner_token
-        agent = start_agent(backend.server, backend.runner_token, workdir,
-                            watch_interval=0.5, cancel_grace_seconds=10)
+        home = workdir / "prefect-home"
+        home.mkdir(parents=True, exist_ok=True)
+        agent = start_agent(backend.server, backend.runner_token, workdir, home,
+                            name=f"browser-agent-{RUN_ID}-{workdir.name}", watch_interval=0.5,
+                            cancel_grace_seconds=10)
         try:
             args = [arg for flow in FLOWS for arg in ("--flow", flow)]
             summary = register_examples(prefect_venv, backend.env(), *args)
@@ -82,4 +65,4 @@ def ui_stack(prefect_venv: PrefectVenv, client: docker.DockerClient, workdir: Pa
             yield UiStack(backend, agent, flow_ids)
         finally:
             agent.kill()
-            remove_agent_containers(client, agent.name)
+            remove_agent_containers([agent.name])

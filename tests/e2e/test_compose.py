@@ -266,9 +266,8 @@ def wait_healthy(container: docker.models.containers.Container, timeout: float =
 def docker_run_agent(client: docker.DockerClient, project: ComposeProject
                      ) -> Iterator[docker.models.containers.Container]:
     """The agent image as README's "beside the compose stack" shows it: on the compose network, the API at
-    http://server:4200, its own RUNNER token, flow containers on the same network. Same agent name as the
-    compose agent (stopped by now), so the project's teardown removes its flow containers."""
-    network = project.env["LOCAL_AGENT_NETWORK"]
+    http://server:4200, its own RUNNER token and name, flow containers on the same network."""
+    network, name = project.env["LOCAL_AGENT_NETWORK"], project.env["PREFECT__CLOUD__AGENT__NAME"] + "-2"
     create = ("local-agent-server", "token", "create", "--scope", "RUNNER", "--name", "docker-run")
     token = project.run("exec", "-T", "server", *create).stdout.strip()
     container = client.containers.run(
@@ -277,8 +276,9 @@ def docker_run_agent(client: docker.DockerClient, project: ComposeProject
         labels=test_labels(),
         environment={"PREFECT__CLOUD__API": "http://server:4200", "PREFECT__CLOUD__AGENT__NETWORK": network,
                      "PREFECT__CLOUD__AGENT__API_TOKEN": token,
-                     "PREFECT__CLOUD__AGENT__NAME": project.env["PREFECT__CLOUD__AGENT__NAME"]})
+                     "PREFECT__CLOUD__AGENT__NAME": name})
     try:
         yield container
     finally:
         container.remove(force=True)
+        remove_containers(client, f"io.local-agent.agent={name}")

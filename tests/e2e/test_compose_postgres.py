@@ -109,8 +109,15 @@ def test_postgres_profile_runs_the_demo_on_two_replicas_of_one_database(
     assert resolved_by_agent(docker_client, project, "server-pg") == set(addresses.values())
     assert state_in_postgres(project, run_id) == "Success"
 
-    containers = docker_client.containers.list(all=True, filters={"label": f"{FLOW_RUN_LABEL}={run_id}"})
-    assert len(containers) == 1, [c.name for c in containers]
+    # One container for the run, removed by the agent within seconds of its success, said once in its log.
+    agent = docker_client.containers.get(project.container_id("agent-pg"))
+    deadline = time.monotonic() + 30
+    while docker_client.api.containers(all=True, filters={"label": f"{FLOW_RUN_LABEL}={run_id}"}):
+        assert time.monotonic() < deadline, "the successful run's container is still there"
+        time.sleep(0.5)
+    agent_log = agent.logs().decode(errors="replace")
+    assert agent_log.count(f"flow run {run_id}: removed container") == 1, agent_log
+    assert agent_log.count(f"({run_id}) ended: Success") == 1, agent_log
     running = set(project.run(*PROFILE, "ps", "--services", "--filter", "status=running").stdout.split())
     assert {"postgres", *REPLICAS, "agent-pg"} <= running, running
     assert not {"server", "agent"} & running, f"the SQLite stack started too: {running}"

@@ -84,8 +84,12 @@ def test_docker_run_agent_launches_a_flow_run_to_success(
         raise AssertionError(f"{exc}\n--- agent log\n{agent.logs().decode(errors='replace')}") from exc
     assert run["state"] == "Success", run["serialized_state"]
     launched = {"label": f"io.prefect.flow-run-id={run_id}"}
-    flow_containers = docker_client.containers.list(all=True, filters=launched)
-    assert [c.labels.get("io.local-agent.agent") for c in flow_containers] == [agent_container]
+    flow_containers = docker_client.api.containers(all=True, filters=launched)  # none once removed
+    assert {c["Labels"].get("io.local-agent.agent") for c in flow_containers} <= {agent_container}
+    ended = f"({run_id}) ended: Success, exit code 0"  # this agent launched it and saw it end
+    deadline = time.monotonic() + 30  # the container exits a moment after the run's Success
+    while ended not in agent.logs().decode(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.5)
 
     started = time.monotonic()
     agent.stop(timeout=STOP_TIMEOUT_S)
@@ -96,6 +100,7 @@ def test_docker_run_agent_launches_a_flow_run_to_success(
     for line in STARTUP_LINES:
         assert line in log, f"{line!r} missing from the agent's log:\n{log}"
     assert SHUTDOWN_LINE.search(log), log
+    assert ended in log, log
     assert runner_token not in log
 
 

@@ -44,9 +44,11 @@ def flows_network(swarm_manager: SwarmManager) -> str:
 
 def swarm_agent(factory: Callable[..., AgentProcess], backend: PrefectBackend, network: str, label: str,
                 **settings: Any) -> AgentProcess:
-    """An agent on the swarm engine taking only runs labelled `label`; services kept for the assertions."""
+    """An agent on the swarm engine taking only runs labelled `label`; services kept for the assertions
+    unless the test says otherwise."""
+    settings.setdefault("keep_successful_containers_hours", 1)
     return factory(backend.server, engine="swarm", swarm_network=network, labels=[label], watch_interval=0.5,
-                   cleanup_interval=3600, keep_successful_containers_hours=1, **settings)
+                   cleanup_interval=3600, **settings)
 
 
 def create_runs(backend: PrefectBackend, flow_id: str, label: str, count: int = 1, **env: str) -> list[str]:
@@ -100,8 +102,8 @@ def test_prefect_flow_runs_to_success_as_a_swarm_service(
     run = api.flow_run(swarm_backend.server, run_id)
     assert final == "Success", f"{run['serialized_state']}\n{agent.output()[-6000:]}"
     assert run["task_runs"] and all(tr["state"] == "Success" for tr in run["task_runs"]), run["task_runs"]
-    logs = api.wait_for_log(swarm_backend.server, run_id, "Submitted for execution")
-    assert any("greeting: HELLO, WORLD!" in log["message"] for log in logs), logs
+    logs = api.wait_for_log(swarm_backend.server, run_id, "greeting: HELLO, WORLD!")  # may follow Success
+    assert any("Submitted for execution" in log["message"] for log in logs), logs
 
     (service,) = swarm_manager.services_of(run_id)
     spec = service.attrs["Spec"]
@@ -185,6 +187,20 @@ def test_two_agents_racing_start_every_run_once(
     launched_by = {s.attrs["Spec"]["Labels"][AGENT_LABEL]
                    for r in run_ids for s in swarm_manager.services_of(r)}
     assert launched_by <= {a.name for a in agents}, launched_by
+
+
+def test_a_successful_runs_service_is_removed_at_its_end(
+    swarm_manager: SwarmManager, swarm_backend: PrefectBackend, flows_network: str, reporter_image: str,
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    label = f"swarm-removed-{RUN_ID}"
+    flow_id = stand_in_flow(swarm_backend.server, reporter_image, label)
+    (run_id,) = create_runs(swarm_backend, flow_id, label)
+    agent = swarm_agent(agent_factory, swarm_backend, flows_network, label,
+                        keep_successful_containers_hours=0)
+    assert final_states(swarm_backend, [run_id], [agent]) == {run_id: "Success"}
+    eventually(lambda: not swarm_manager.services_of(run_id), 30, agent.output)  # (the sweep: in an hour)
+    assert f"flow run {run_id}: removed service" in agent.wait_for_output(f"flow run {run_id}: removed")
 
 
 def test_agent_killed_mid_burst_restarts_without_doubling_or_losing_runs(

@@ -67,7 +67,9 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
         env.update({"LOCAL_AGENT_IMAGE": AGENT_IMAGE, "LOCAL_AGENT_IMAGE_SERVER": SERVER_IMAGE,
                     "LOCAL_AGENT_NETWORK": self.network, "LOCAL_AGENT_DATA_VOLUME": self.volume,
-                    "LOCAL_AGENT_TOKEN_SECRET": self.secret, "PREFECT__CLOUD__AGENT__NAME": self.agent_name})
+                    "LOCAL_AGENT_TOKEN_SECRET": self.secret, "PREFECT__CLOUD__AGENT__NAME": self.agent_name,
+                    # the test reads the flow service after the run: kept instead of removed at its end
+                    "PREFECT__CLOUD__AGENT__KEEP_SUCCESSFUL_CONTAINERS_HOURS": "1"})
         return env
 
     def service_logs(self, client: docker.DockerClient, service: str) -> str:

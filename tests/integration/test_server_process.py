@@ -138,6 +138,11 @@ def test_cli_token_and_flow_run_on_a_running_server(token_server: ServerHandle) 
     assert by_name.stderr.strip() == f"https://agents.example.com/prefect/ui/#/runs/{by_name.stdout.strip()}"
     unknown = token_server.cli("flow-run", "create", "--flow", "no-such-flow")
     assert unknown.returncode == 1 and "no flow named 'no-such-flow'" in unknown.stderr
+    api.register_docker_flow(token_server, name="cli-flow", image_name="i", image_tag="1", token=token,
+                             project_id=api.ensure_project(token_server, "elsewhere", token=token))
+    twice = token_server.cli("flow-run", "create", "--flow", "cli-flow")
+    assert twice.returncode == 1 and "2 flows are named 'cli-flow'" in twice.stderr
+    assert flow_id in twice.stderr
     missing = token_server.cli("flow-run", "create", "--flow-id", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert token_server.cli("token", "create", "--scope", "ROOT", "--name", "x").returncode == 2

@@ -8,6 +8,7 @@ must show an index serving the order (no sort), for the newest page and for each
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -209,6 +210,8 @@ def test_the_actions_create_and_cancel_and_their_refusals(world: World) -> None:
     assert "errors" in wrong
     theirs = ui(world, "cancelRun", {"input": {"flow_run_id": world.other_run}}, token=world.user)
     assert "errors" in theirs
+    untouched = data(world, "run", {"id": world.other_run}, world.other)["flow_run_by_pk"]
+    assert untouched["state"] == "Running", untouched
 
 
 def test_every_ui_query_is_covered_here() -> None:
@@ -295,3 +298,47 @@ def eval_flow(where: dict[str, Any], flow_id: str) -> dict[str, Any]:
     if "flow_id" in where:
         return {"flow_id": {"_eq": flow_id}}
     return where
+
+
+FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+              "TEXT/PLAIN; charset=utf-8")
+
+
+def test_a_cross_site_form_cannot_drive_an_open_server(server_factory: Callable[..., ServerHandle]) -> None:
+    """With --auth none, a body a web page could post without a CORS preflight (a form, text) is refused
+    before anything runs; JSON and a body without a content type (scripts, curl -d) still work."""
+    open_server = server_factory(auth="none")
+    flow_id = api.register_docker_flow(open_server, name="csrf", image_name="i", image_tag="1")
+    body = json.dumps({"query": "mutation($i: create_flow_run_input!) { create_flow_run(input: $i) { id } }",
+                       "variables": {"i": {"flow_id": flow_id}}})
+    for content_type in FORM_TYPES:
+        refused = requests.post(open_server.url, data=body, headers={"Content-Type": content_type},
+                                timeout=10)
+        assert refused.status_code == 415, (content_type, refused.text)
+        assert "application/json" in refused.json()["errors"][0]["message"]
+    assert api.call(open_server, "query { flow_run { id } }")["flow_run"] == []
+    for headers in ({"Content-Type": "application/json"}, {}):
+        answer = requests.post(open_server.url, data=body.encode(), headers=headers, timeout=10).json()
+        assert answer["data"]["create_flow_run"]["id"], answer
+
+
+def test_keyset_pages_walk_runs_that_share_a_start_time(world: World) -> None:
+    """Five runs at one scheduled time, read one per page as app.js pages: the id breaks the tie, so every run
+    comes exactly once and in order. (Last in the module: it adds a flow the tests above do not expect.)"""
+    flow = api.register_docker_flow(world.server, name="ties", image_name="i", image_tag="1",
+                                    token=world.user)
+    same = "2030-01-01T00:00:00+00:00"
+    made = {api.create_flow_run(world.server, flow, token=world.user, scheduled_start_time=same)
+            for _ in range(5)}
+    order = [{"scheduled_start_time": "desc"}, {"id": "desc"}]
+    seen: list[str] = []
+    where: dict[str, Any] = {"flow_id": {"_eq": flow}}
+    while True:
+        rows = data(world, "runs", {"where": where, "order_by": order, "limit": 1})["flow_run"]
+        if not rows:
+            break
+        time, run_id = rows[0]["scheduled_start_time"], rows[0]["id"]
+        seen.append(run_id)
+        where = {"_and": [{"flow_id": {"_eq": flow}}, {"scheduled_start_time": {"_lte": time}},
+                          {"_or": [{"scheduled_start_time": {"_lt": time}}, {"id": {"_lt": run_id}}]}]}
+    assert seen == sorted(made, reverse=True)

@@ -117,43 +117,42 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     def factory(
         server: ServerLike | None, token: str | None = None, *, args: tuple[str, ...] = (), **settings: Any
     ) -> AgentProcess:
-        name = settings.pop("name", None) or f"test-agent-{RUN_ID}-{next(_COUNTER)}"
-        labels = {TEST_RUN_LABEL: RUN_ID, **settings.pop("container_labels", {})}
-        settings = {
-            "level": "DEBUG",
-            "drain_timeout": 10,
-            **settings,
-            "name": name,
-            "container_labels": labels,
-        }
-        env = agent_env(server, token, home, settings)
-        command = [sys.executable, "-m", "agent", "start", *args]
-        process = AgentProcess(command, env, tmp_path / f"{name}.log", name)
+        process = start_agent(server, token, tmp_path, home, args=args, **settings)
         started.append(process)
         return process
 
     yield factory
     for process in started:
         process.kill()
-    _remove_agent_containers([p.name for p in started])
+    remove_agent_containers([p.name for p in started])
 
 
-def _remove_agent_containers(names: list[str]) -> None:
+def start_agent(server: ServerLike | None, token: str | None, workdir: Path, home: Path, *,
+                args: tuple[str, ...] = (), **settings: Any) -> AgentProcess:
+    """`python -m agent start` with test defaults (DEBUG, a short drain, the test-run label on every flow
+    container, a unique name unless given); the caller kills it and `remove_agent_containers`."""
+    name = settings.pop("name", None) or f"test-agent-{RUN_ID}-{next(_COUNTER)}"
+    labels = {TEST_RUN_LABEL: RUN_ID, **settings.pop("container_labels", {})}
+    settings = {"level": "DEBUG", "drain_timeout": 10, **settings, "name": name, "container_labels": labels}
+    env = agent_env(server, token, home, settings)
+    command = [sys.executable, "-m", "agent", "start", *args]
+    return AgentProcess(command, env, workdir / f"{name}.log", name)
+
+
+def remove_agent_containers(names: list[str]) -> None:
     """Remove the containers these agents launched (found by their agent-name label)."""
     if not names:
         return
     try:
         import docker
 
+        from tests.support.docker_fixtures import remove_containers
+
         client = docker.from_env(timeout=30)
     except Exception:  # no daemon: nothing can have been launched
         return
     try:
         for name in names:
-            for container in client.containers.list(all=True, filters={"label": f"{AGENT_LABEL}={name}"}):
-                try:
-                    container.remove(force=True)
-                except Exception:  # already gone (auto-remove, concurrent cleanup)
-                    pass
+            remove_containers(client, f"{AGENT_LABEL}={name}")
     finally:
         client.close()

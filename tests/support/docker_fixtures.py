@@ -48,11 +48,12 @@ def docker_unavailable(reason: str) -> None:
 
 
 def remove_containers(client: docker.DockerClient, label: str) -> int:
-    """Force-remove every container with `label` ("key=value"); gone-already is fine (auto_remove races)."""
+    """Force-remove every container with `label` ("key=value"); gone-already is fine (an agent or auto_remove
+    got there first). The low-level list: the high-level one inspects each container and trips over those."""
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": label}):
+    for container in client.api.containers(all=True, filters={"label": label}):
         try:
-            container.remove(force=True)
+            client.api.remove_container(container["Id"], force=True)
             removed += 1
         except docker.errors.NotFound:
             pass

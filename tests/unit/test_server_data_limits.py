@@ -15,6 +15,7 @@ LIMITS: dict[str, Any] = {
     "max_tasks_per_flow": 5, "max_edges_per_flow": 3, "max_states_per_request": 2, "max_logs_per_request": 3,
     "max_log_message_bytes": 10, "list_default_limit": 3, "list_max_limit": 4, "max_name_chars": 8,
     "max_labels": 2, "max_label_chars": 4, "max_json_bytes": 20, "max_key_chars": 6, "write_batch_rows": 2,
+    "max_rows_per_request": 1000,
 }
 CREATE_FLOW = "mutation($input: create_flow_input!) { create_flow(input: $input) { id } }"
 CREATE_RUN = "mutation($input: create_flow_run_input!) { create_flow_run(input: $input) { id } }"
@@ -137,6 +138,25 @@ def test_run_input_strings(srv: InProcessServer, field: str, value: Any, setting
     flow_id = create_flow(srv, serialized_flow(1))["data"]["create_flow"]["id"]
     refused(srv.graphql(CREATE_RUN, {"input": {"flow_id": flow_id, field: value}}), setting)
     assert api.call(srv, "query { flow_run { id } }")["flow_run"] == []
+
+
+def nested_runs(depth: int) -> str:
+    """flow_run -> flow -> flow_runs -> flow -> ...: each level of lists multiplies the rows."""
+    inner = "id"
+    for _ in range(depth - 1):
+        inner = f"id flow {{ flow_runs(limit: 4) {{ {inner} }} }}"
+    return f"query {{ flow_run(limit: 4) {{ {inner} }} }}"
+
+
+def test_nested_lists_share_one_row_budget_per_request(srv: InProcessServer) -> None:
+    """4 runs of one flow: 4 + 16 + 64 + 256 rows pass; one level more (1,024 more) is over 1,000 rows."""
+    flow_id = create_flow(srv, serialized_flow(1))["data"]["create_flow"]["id"]
+    for _ in range(4):
+        api.create_flow_run(srv, flow_id)
+    assert len(api.call(srv, nested_runs(4))["flow_run"]) == 4
+    message = refused(srv.graphql(nested_runs(5)), "max_rows_per_request")
+    assert "Rows read by this request" in message
+    assert len(api.call(srv, "query { flow_run { id } }")["flow_run"]) == 3  # the next request starts afresh
 
 
 def test_run_input_at_the_limits_is_accepted(srv: InProcessServer) -> None:

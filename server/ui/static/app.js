@@ -96,6 +96,10 @@
 
   // ------------------------------------------------------------------ DOM helpers (text only)
 
+  // An attribute that loads or navigates takes in-page (#...) values only: a value from the API can never
+  // become a script link or an off-site request, whatever a future call passes.
+  const URL_ATTRIBUTES = new Set(["href", "src", "srcdoc", "action", "formaction", "xlink:href"]);
+
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(props || {})) {
@@ -104,6 +108,9 @@
       else if (key === "text") node.textContent = String(value);
       else if (key === "testid") node.setAttribute("data-testid", value);
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (URL_ATTRIBUTES.has(key) && !String(value).startsWith("#")) {
+        throw new Error("only in-page links are built here, not " + key + "=" + String(value).slice(0, 40));
+      }
       else if (key === "disabled" || key === "hidden") node[key] = Boolean(value);
       else node.setAttribute(key, String(value));
     }
@@ -285,7 +292,7 @@
     let rows = [];
     let seen = "";
     let load = null;
-    const refresh = () => { seen = ""; load(); };
+    const refresh = () => { seen = ""; load().catch((err) => status(err.message, true)); };
     const onFilter = () => { runsView.cursor = null; refresh(); };
     older.addEventListener("click", () => {
       if (!rows.length) return;
