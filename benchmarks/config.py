@@ -46,11 +46,11 @@ class BenchConfig:
             smoke=True,
             burst_runs=10,
             scheduled_runs=10,
-            scheduled_lead_s=4.0,  # inside the prefetch window: the smoke checks the path, not the timing
-            scheduled_spacing_s=0.3,
+            scheduled_lead_s=2.0,  # inside the prefetch window: the smoke checks the path, not the timing
+            scheduled_spacing_s=0.1,
             immediate_runs=4,
-            immediate_gap_s=(0.5, 1.5),
-            idle_s=6.0,
+            immediate_gap_s=(0.2, 0.6),
+            idle_s=3.0,
             startup_repeats=1,
             queue_runs=2_000,
             queue_samples=30,

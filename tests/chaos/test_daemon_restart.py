@@ -97,7 +97,9 @@ def test_a_restart_stops_containers_as_the_agent_expects_and_clients_survive(
 
 
 RUNS = 3
-SLEEP_S = 30
+# The nap must outlast the spread of the three runs' starts (a few seconds) so that all of them are
+# still running at the restart; each relaunched run naps it again in full before its Success.
+SLEEP_S = 15
 
 
 def test_flow_runs_interrupted_by_a_daemon_restart_are_resubmitted_and_succeed(

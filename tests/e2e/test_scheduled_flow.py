@@ -32,7 +32,9 @@ from tests.support.prefect_fixtures import FLOWS_DIR, PrefectBackend, PrefectVen
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 INTERVAL_S = 60  # the client's minimum
-FIRST_IN_S = 15  # the clock's first event, after the client started registering
+# the clock's first event, counted from just before the client registers (its imports are done by then):
+# registering wakes the scheduler at once, so the run exists a second or two later
+FIRST_IN_S = 8
 SCHEDULER_INTERVAL_S = 1
 MAX_RUNS = 3
 RUNS_TO_SUCCEED = 1  # the next ones are created ahead and checked against Prefect's times, not waited for
@@ -57,9 +59,11 @@ events = [e.isoformat() for e in flow.schedule.next(20, after=start.subtract(sec
 print(json.dumps({"flow_id": flow_id, "events": events}))
 """
 
+# Started once the flow is registered: it imports Prefect while the runs run, then waits for a line on stdin.
 DEACTIVATE = """
 import json, sys
 from prefect import Client
+sys.stdin.readline()
 result = Client().graphql(
     "mutation($input: set_schedule_inactive_input!) { set_schedule_inactive(input: $input) { success } }",
     variables={"input": {"flow_id": sys.argv[1]}},
@@ -115,6 +119,19 @@ def _check_clock_times(runs: list[dict[str, Any]], events: list[datetime]) -> No
     assert times == events[first:first + len(times)], (times, events)
 
 
+def _runs_ahead_once_launched(backend: PrefectBackend, flow_id: str, agent: AgentProcess,
+                              events: list[datetime]) -> list[dict[str, Any]]:
+    """Once RUNS_TO_SUCCEED runs are Success, checked against Prefect's clock: the runs created ahead."""
+    runs = _wait_for_successes(backend, flow_id, agent)
+    _check_clock_times(runs, events)
+    done = [r for r in runs if r["state"] == "Success"]
+    late = [round(_lateness(backend, r), 3) for r in done]
+    print("lateness (Submitted line - scheduled start), s:", late)
+    ahead = [r for r in runs if r["state"] == "Scheduled" and r["at"] > datetime.now(UTC)]
+    assert 1 <= len(ahead) <= MAX_RUNS, runs  # created ahead, no more than the setting allows
+    return ahead
+
+
 def test_interval_clock_runs_are_created_launched_and_stopped(
     flow_image: str,
     prefect_venv: PrefectVenv,
@@ -129,19 +146,18 @@ def test_interval_clock_runs_are_created_launched_and_stopped(
         proc = prefect_venv.run(args, env=backend.env(), timeout=120, check=True)
         registered = json.loads(proc.stdout.strip().splitlines()[-1])
         flow_id, events = registered["flow_id"], [_at(e) for e in registered["events"]]
-        agent = agent_factory(backend.server)
-
-        runs = _wait_for_successes(backend, flow_id, agent)
-        _check_clock_times(runs, events)
-        done = [r for r in runs if r["state"] == "Success"]
-        late = [round(_lateness(backend, r), 3) for r in done]
-        print("lateness (Submitted line - scheduled start), s:", late)
-        ahead = [r for r in runs if r["state"] == "Scheduled" and r["at"] > datetime.now(UTC)]
-        assert 1 <= len(ahead) <= MAX_RUNS, runs  # created ahead, no more than the setting allows
-
-        deactivated_at = datetime.now(UTC)
-        assert prefect_venv.run(["-c", DEACTIVATE, flow_id], env=backend.env(), check=True).stdout.strip() \
-            .splitlines()[-1] == "true"
+        deactivate = prefect_venv.start_waiting(DEACTIVATE, flow_id, env=backend.env())
+        try:
+            agent = agent_factory(backend.server)
+            ahead = _runs_ahead_once_launched(backend, flow_id, agent, events)
+            deactivated_at = datetime.now(UTC)
+            out, err = deactivate.communicate("go\n", timeout=120)
+        finally:
+            if deactivate.poll() is None:
+                deactivate.kill()
+                deactivate.communicate()
+        assert deactivate.returncode == 0, f"{out}\n{err}"
+        assert out.strip().splitlines()[-1] == "true", out
         after = _runs(backend, flow_id)
         left = {r["id"] for r in after}
         assert not {r["id"] for r in ahead} & left, after  # the unclaimed future runs are gone

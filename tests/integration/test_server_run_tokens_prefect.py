@@ -11,8 +11,10 @@ other run, poll the queue or register a flow, and once the run has been finished
 from __future__ import annotations
 
 import json
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +33,21 @@ from tests.support.server_fixtures import ServerHandle
 
 pytestmark = pytest.mark.slow
 
-GRACE_S = 15  # long enough for the refusals below, short enough to watch the token die
+# long enough for the refusals below (the attacker imported Prefect while the runs ran: it only has to send
+# its requests), short enough to watch the token die
+GRACE_S = 8
 EXECUTE_TIMEOUT = 150
 PARAMETERS = {"name": "token", "count": 3}
 
-# Run inside the Prefect venv with the FLOW_RUN token as API key: what a hostile flow could try.
+# Run inside the Prefect venv with the FLOW_RUN token as API key: what a hostile flow could try. Started
+# before the runs, it imports Prefect and then waits for a line on stdin: the attempts go out after Success.
 ATTACKS = """
 import json, sys
 import prefect
 from prefect import Client, Flow
 from prefect.storage import Local
 other_run = sys.argv[1]
+sys.stdin.readline()
 client = Client()
 outcomes = {}
 def attempt(name, action):
@@ -101,15 +107,27 @@ def execute(venv: PrefectVenv, setup: Setup, logs: Path) -> dict[str, tuple[int,
     return {name: (code, (logs / f"{name}.log").read_text()) for name, code in codes.items()}
 
 
-def first_error(body: dict[str, Any]) -> tuple[str, str]:
-    error = body["errors"][0]
-    return error["extensions"]["code"], error["message"]
+@contextmanager
+def attacker(venv: PrefectVenv, setup: Setup, token: str, other: str) -> Iterator[subprocess.Popen[str]]:
+    """`ATTACKS` started now with `token`, waiting on stdin (Prefect imported meanwhile); killed after."""
+    proc = venv.start_waiting(ATTACKS, other, env=prefect_env(setup.server, token))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
-def test_a_flow_runs_with_only_its_run_token_which_opens_nothing_else(
-    setup: Setup, prefect_venv: PrefectVenv, tmp_path: Path
-) -> None:
-    results = execute(prefect_venv, setup, tmp_path)
+def attack(proc: subprocess.Popen[str]) -> dict[str, str]:
+    """Let the waiting attacker go; each attempt's outcome."""
+    out, err = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0, f"the attacks exited {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def check_runs(setup: Setup, results: dict[str, tuple[int, str]]) -> None:
+    """Both runs reached Success with only their run tokens, the mapped children and the log included."""
     for name, (code, output) in results.items():
         assert code == 0, output
         run = api.flow_run(setup.server, setup.runs[name], setup.user)
@@ -120,10 +138,20 @@ def test_a_flow_runs_with_only_its_run_token_which_opens_nothing_else(
     messages = [entry["message"] for entry in api.run_logs(setup.server, setup.runs["hello"], setup.user)]
     assert any("greeting: HELLO, TOKEN!" in m for m in messages), messages
 
+
+def first_error(body: dict[str, Any]) -> tuple[str, str]:
+    error = body["errors"][0]
+    return error["extensions"]["code"], error["message"]
+
+
+def test_a_flow_runs_with_only_its_run_token_which_opens_nothing_else(
+    setup: Setup, prefect_venv: PrefectVenv, tmp_path: Path
+) -> None:
     token, other = setup.tokens["hello"], setup.runs["mapped"]
-    proc = prefect_venv.run(["-c", ATTACKS, other], env=prefect_env(setup.server, token), timeout=60,
-                            check=True)
-    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+    with attacker(prefect_venv, setup, token, other) as attacks:
+        results = execute(prefect_venv, setup, tmp_path)
+        check_runs(setup, results)
+        outcomes = attack(attacks)
     assert all(v.startswith("refused: ") and "FORBIDDEN" in v for v in outcomes.values()), outcomes
     assert "get_runs_in_queue is not allowed" in outcomes["poll_queue"]
     assert "create_flow_from_compressed_string is not allowed" in outcomes["register_flow"]

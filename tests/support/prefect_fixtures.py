@@ -91,6 +91,16 @@ class PrefectVenv:
             self.command(args), env=_full_env(env), stdout=out, stderr=subprocess.STDOUT, text=True
         )
 
+    def start_waiting(self, code: str, *args: str, env: Mapping[str, str] | None = None
+                      ) -> subprocess.Popen[str]:
+        """Start Python `code` with pipes on stdin, stdout and stderr, without waiting. Code that imports
+        Prefect and then reads a line from stdin pays its imports (seconds) before the test lets it act;
+        `communicate("go\\n")` sends the line and collects the output."""
+        return subprocess.Popen(
+            self.command(["-c", code, *args]), env=_full_env(env), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
 
 def _full_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     """A given env replaces os.environ (but PATH, LANG...): no PREFECT__* of the user's shell leaks in."""

@@ -116,10 +116,17 @@ class ServerHandle:
         return response.json()  # type: ignore[no-any-return]
 
     def create_token(self, scope: str = "RUNNER", name: str = "test") -> str:
-        proc = self.cli("token", "create", "--scope", scope, "--name", name)
-        if proc.returncode != 0:
-            raise RuntimeError(f"token create failed: {proc.stderr}")
-        return proc.stdout.strip()
+        """What `local-agent-server token create` does (`server.auth.create_token` on this server's database),
+        done in this process: a CLI subprocess per token cost a second or two of imports each time. The CLI
+        itself is tested in tests/integration/test_server_process.py."""
+        from server import db
+        from server.auth import create_token
+
+        engine = db.create_db_engine(self.database_url, pool_size=1)
+        try:
+            return create_token(engine, scope, name)
+        finally:
+            engine.dispose()
 
     def tenant_id(self, token: str | None = None) -> str:
         body = self.graphql("query { tenant { id } }", token=token)
