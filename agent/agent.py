@@ -160,6 +160,7 @@ class LocalAgent:
             logger.debug("daemon facts not read: {error}", error=exc)
             return
         self.health.live_restore = facts.live_restore
+        self.health.engine = facts.engine
         if facts.live_restore is False:
             logger.info("The Docker daemon runs without live-restore: restarting it stops every flow "
                         "container (their runs are resubmitted, up to INFRA_RETRIES={n} times; "

@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     keep_failed_containers_hours: float = Field(24.0, ge=0)
     keep_successful_containers_hours: float = Field(0.0, ge=0)  # 0: removed as soon as the run ended
     cleanup_interval: PositiveFloat = 300.0
-    # The engine flow runs start on (docs/running.md): this Docker host, or a Docker Swarm through a manager.
-    engine: Literal["docker", "swarm"] = "docker"
+    # The engine flow runs start on (docs/running.md): this host's engine (Docker, or Podman detected by its
+    # /version), Podman explicitly, or a Docker Swarm through a manager.
+    engine: Literal["docker", "swarm", "podman"] = "docker"
     swarm_constraints: Annotated[list[str], NoDecode] = Field(default_factory=list)
     swarm_preferences: Annotated[list[str], NoDecode] = Field(default_factory=list)
     swarm_network: str = Field("local-agent-flows", pattern=r"^$|^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")

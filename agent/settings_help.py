@@ -156,8 +156,9 @@ SETTING_HELP: dict[str, str] = {
     ),
     # The engine
     "engine": (
-        "Where flow runs start: containers on this Docker host, or replicated-job services of a Docker "
-        "Swarm (the agent talks to a manager)."
+        "Where flow runs start: containers on this host's engine (Docker, or Podman's Docker-compatible API, "
+        "detected), Podman explicitly, or replicated-job services of a Docker Swarm (the agent talks to a "
+        "manager)."
     ),
     "swarm_constraints": "Swarm only: placement constraints for every flow run's task (node.role==worker).",
     "swarm_preferences": "Swarm only: spread preferences for every flow run's task (node.labels.zone).",

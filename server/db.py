@@ -97,6 +97,7 @@ api_token = Table(
     # FLOW_RUN tokens only: the one flow run the token is for, and its maximum lifetime.
     Column("flow_run_id", Id),
     Column("expires_at", UTCDateTime),
+    Index("ix_api_token_flow_run", "flow_run_id"),  # retention deletes a run's tokens with it
 )
 
 project = Table(
@@ -203,6 +204,8 @@ flow_run = Table(
     Index("ix_flow_run_scheduled", "scheduled_start_time", "id"),
     Index("ix_flow_run_flow_scheduled", "flow_id", "scheduled_start_time", "id"),
     Index("ix_flow_run_state_scheduled", "state", "scheduled_start_time", "id"),
+    # Retention (server.retention): the finished runs whose state is older than the cutoff.
+    Index("ix_flow_run_state_timestamp", "state", "state_timestamp"),
 )
 
 task_run = Table(

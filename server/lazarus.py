@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 from sqlalchemy import Connection, or_, select
 
-from server import db
+from server import db, retention
 from server.abandoned import discard_stale_registrations
 from server.context import Services
 from server.errors import ApiError, database_unavailable, first_line
@@ -78,9 +78,10 @@ def _revive(conn: Connection, run_id: str, cutoff: Any, limit: int) -> int:
 
 
 async def run(services: Services, stop: asyncio.Event) -> None:
-    """Every `zombie_check_interval_s` until `stop` is set: renew the sweep's lease, and sweep zombies and
-    abandoned registrations in the rounds this replica holds it. The lease is released on the way out, so
-    another replica takes over at its next round instead of after the lease's ttl."""
+    """Every `zombie_check_interval_s` until `stop` is set: renew the sweep's lease, and in the rounds this
+    replica holds it sweep zombies and abandoned registrations (unless switched off) and expired runs
+    (`server.retention`). The lease is released on the way out, so another replica takes over at its next
+    round instead of after the lease's ttl."""
     settings = services.settings
     lease = Lease(services.engine, LEASE_NAME, settings.lease_ttl_s, services.instance_id)
     loop = asyncio.get_running_loop()
@@ -89,8 +90,10 @@ async def run(services: Services, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 if await loop.run_in_executor(None, lease.renew):
-                    await loop.run_in_executor(None, sweep, services)
-                    await loop.run_in_executor(None, discard_stale_registrations, services)
+                    if settings.zombies_enabled:
+                        await loop.run_in_executor(None, sweep, services)
+                        await loop.run_in_executor(None, discard_stale_registrations, services)
+                    await loop.run_in_executor(None, retention.sweep_if_due, services, stop.is_set)
                 if failing:
                     logger.info("lazarus: database available again")
                 failing = False

@@ -40,7 +40,8 @@ async def serve(settings: ServerSettings) -> None:
     logger.info("local-agent-server listening on http://{}:{} (auth: {}, database: {})",
                 settings.host, port, settings.auth, url)
     logger.info("web UI: {}", settings.model_copy(update={"port": port}).ui_url)
-    zombies = asyncio.create_task(lazarus.run(services, stop)) if settings.zombies_enabled else None
+    sweeping = settings.zombies_enabled or settings.retention_days is not None
+    zombies = asyncio.create_task(lazarus.run(services, stop)) if sweeping else None
     scheduling = asyncio.create_task(scheduler.run(services, stop)) if settings.scheduler_enabled else None
     listener = pg_notify.start_listener(services.engine, services.events, services.instance_id)
     try:

@@ -47,6 +47,12 @@ class ServerSettings(BaseSettings):
     zombie_lease_ttl_s: float | None = Field(None, gt=0)
     # The same sweep removes flows whose registration never finished (crashed or abandoned) after this long.
     stale_registration_s: float = Field(1800.0, gt=0)
+    # Retention (server.retention): finished runs whose state is older than this many days are deleted with
+    # their task runs, states and logs, `retention_batch_runs` runs per transaction, at most every
+    # `retention_interval_s`, in the sweep above. Unset: everything is kept.
+    retention_days: float | None = Field(None, gt=0)
+    retention_interval_s: float = Field(3600.0, gt=0)
+    retention_batch_runs: int = Field(200, ge=1, le=10_000)
     # The scheduler keeps the upcoming runs of every flow with an active schedule created ahead, like Prefect
     # Server: at most `scheduler_max_runs` runs and `scheduler_max_days` days ahead, whichever comes first.
     # Only the replica holding the `scheduler` lease (ttl: three intervals, at least 30 s) schedules.

@@ -12,6 +12,7 @@ import pytest
 from tests.browser.chromium import chromium_missing
 
 pytest_plugins = [
+    "tests.support.api_surface",  # first: the fixture plugins below import it
     "tests.support.server_fixtures",
     "tests.support.docker_fixtures",
     "tests.support.prefect_fixtures",
@@ -20,6 +21,7 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.database_fixtures",
     "tests.support.swarm_fixtures",
+    "tests.support.podman",  # also marks the tests that use a Podman service `podman`
 ]
 
 DOCKER_FIXTURES = {"docker_client", "flow_image", "busybox_image", "registry", "stand_in_image", "runtime"}

@@ -59,6 +59,7 @@ class HealthState:
     last_poll_error: str | None = None
     docker: EngineStatus = field(default_factory=EngineStatus)  # owned by the admission; reported here
     live_restore: bool | None = None  # the daemon's, read at start: without it a daemon restart stops flows
+    engine: str | None = None  # the engine's kind and version, read at start ("Podman 4.3.1 (rootless, ...)")
 
     @classmethod
     def for_settings(cls, settings: Settings, docker: EngineStatus) -> HealthState:
@@ -87,7 +88,7 @@ class HealthState:
         alive = self.phase != "running" or since_tick < self.liveness_window
         return alive, {"status": "ok" if alive else "stalled", "phase": self.phase,
                        "seconds_since_loop_tick": round(since_tick, 3),
-                       "docker_live_restore": self.live_restore}
+                       "docker_live_restore": self.live_restore, "engine": self.engine}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         now, reasons = time.monotonic(), []
@@ -180,11 +181,21 @@ def check(settings: Settings, ready: bool = False, timeout: float = 5.0) -> tupl
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own endpoint
             body = response.read()
-            return (0 if response.status == 200 else 1), f"{url}: {response.status} {body!r}{_restore(body)}"
+            return (0 if response.status == 200 else 1), (f"{url}: {response.status} {body!r}{_engine(body)}"
+                                                          f"{_restore(body)}")
     except urllib.error.HTTPError as exc:
         return 1, f"{url}: {exc.code} {_body(exc)}"
     except (urllib.error.URLError, OSError) as exc:
         return 1, f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def _engine(body: bytes) -> str:
+    """The engine's kind and version as the agent read them at start (`Engine: Podman 4.3.1 (...)`)."""
+    try:
+        value = json.loads(body).get("engine")
+    except (ValueError, AttributeError):
+        return ""
+    return f"; Engine: {value}" if isinstance(value, str) and value else ""
 
 
 def _restore(body: bytes) -> str:

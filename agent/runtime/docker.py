@@ -74,6 +74,7 @@ class DockerRuntime:
         self._clients = ClientPool(base_url, timeout)
         self._address = self._clients.address
         self._pulls = SingleFlight()
+        self._announced = False
 
     @property
     def address(self) -> str:
@@ -138,7 +139,20 @@ class DockerRuntime:
         with self.errors("read the daemon's facts"), self._clients.fresh() as api:  # not a stopping one's
             networks = api.networks(names=["bridge"])  # a name filter matches parts of names too
             created = next((n.get("Created") for n in networks if n.get("Name") == "bridge"), None)
-            return DaemonFacts(docker_time(created), api.info().get("LiveRestoreEnabled"))
+            info = api.info()
+        facts = DaemonFacts(docker_time(created), info.get("LiveRestoreEnabled"),
+                            engine=f"Docker {info.get('ServerVersion') or 'unknown'}")
+        self.announce(facts)
+        return facts
+
+    def announce(self, facts: DaemonFacts) -> None:
+        """The engine's kind and version, and what it cannot do, once, among the agent's start-up lines."""
+        if self._announced:
+            return
+        self._announced = True
+        logger.info("Engine: {engine} at {address}", engine=facts.engine, address=self._address)
+        for warning in facts.warnings:
+            logger.warning("{warning}", warning=warning)
 
     # -- images
     def image_present(self, image: str) -> bool:
@@ -258,7 +272,7 @@ class DockerRuntime:
             infos = []
             for summary in summaries:
                 try:
-                    infos.append(ContainerInfo.from_attrs(api.inspect_container(summary["Id"])))
+                    infos.append(self.container_info(api.inspect_container(summary["Id"])))
                 except docker.errors.NotFound:
                     continue  # removed between list and inspect
             return infos
@@ -287,9 +301,13 @@ class DockerRuntime:
         """The container's state, or None when it does not exist."""
         with self.errors("inspect a container"):
             try:
-                return ContainerInfo.from_attrs(self.client().api.inspect_container(container_id))
+                return self.container_info(self.client().api.inspect_container(container_id))
             except docker.errors.NotFound:
                 return None
+
+    def container_info(self, attrs: Mapping[str, Any]) -> ContainerInfo:
+        """What the agent reads of an inspect payload (an engine that records less corrects it here)."""
+        return ContainerInfo.from_attrs(attrs)
 
     def logs_tail(self, container_id: str, lines: int = 50, max_chars: int = 64_000) -> str:
         """The last `lines` lines of stdout+stderr (at most `max_chars`), for run-log forensics."""

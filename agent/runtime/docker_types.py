@@ -227,6 +227,8 @@ class DaemonFacts:
 
     started_at: datetime | None  # when the running daemon started; None when it cannot tell
     live_restore: bool | None  # containers survive a daemon restart; None when unknown
+    engine: str | None = None  # its kind and version, for the start-up lines ("Podman 4.3.1 (rootless, ...)")
+    warnings: tuple[str, ...] = ()  # what it cannot do that the agent's settings may ask for
 
 
 @dataclass(frozen=True)

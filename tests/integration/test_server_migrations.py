@@ -17,7 +17,7 @@ from tests.support import api
 from tests.support.server_fixtures import REPO_ROOT, ServerHandle, free_port, start_server
 
 DATA = REPO_ROOT / "tests" / "data"
-HEAD = "0006"
+HEAD = "0007"
 RUN_QUERY = """query($id: uuid!) { flow_run_by_pk(id: $id) {
   id name flow_id state version labels parameters serialized_state } }"""
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.support.api_surface import agent_base_url
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL
 from tests.support.images import REPO_ROOT
 
@@ -92,7 +93,10 @@ class AgentProcess:
 def agent_env(
     server: ServerLike | None, token: str | None, home: Path, settings: dict[str, Any]
 ) -> dict[str, str]:
-    """os.environ without any PREFECT__* of the developer's shell, plus this agent's settings."""
+    """os.environ without any PREFECT__* of the developer's shell, plus this agent's settings; its Docker
+    calls go through the API-surface recorder unless the test gives a base_url."""
+    if settings.get("base_url") is None:
+        settings = {**settings, "base_url": agent_base_url(str(settings.get("engine") or "docker"))}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
     env.update({"PYTHONUNBUFFERED": "1", "PREFECT__HOME_DIR": str(home)})
     if server is not None:

@@ -52,14 +52,21 @@ def remove_containers(client: docker.DockerClient, label: str) -> int:
     got there first). The low-level list: the high-level one inspects each container and trips over those."""
     removed = 0
     for container in client.api.containers(all=True, filters={"label": label}):
-        try:
-            client.api.remove_container(container["Id"], force=True)
-            removed += 1
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if "already in progress" not in str(exc):
-                raise
+        for attempt in range(10):
+            try:
+                client.api.remove_container(container["Id"], force=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                # Podman refuses to force-remove a container that stops while it kills it; a moment later
+                # the container is stopped and goes.
+                if "state improper" in str(exc) and attempt < 9:
+                    time.sleep(0.2)
+                    continue
+                if "already in progress" not in str(exc):
+                    raise
+            break
     return removed
 
 

@@ -5,7 +5,12 @@ The agent under test gets `--base-url unix://<proxy.path>`; everything it asks D
 * `cut()` closes the listening socket, removes the socket file and drops every open connection, exactly what
   an agent sees when its daemon restarts or its socket mount goes stale; `restore()` listens again.
 * `delay` seconds are added before each chunk a client sends, so every Docker call of the agent is slower
-  (launches stay "in flight" long enough to signal or kill the agent in the middle of them).
+  (launches stay "in flight" long enough to signal or kill the agent in the middle of them);
+* `observe`, when given, makes one watcher per connection that sees every chunk the client sends before it is
+  forwarded (unchanged): tests/support/api_surface.py records the agent's API calls this way.
+
+`docker_proxy()` forwards to the API-surface recorder when the session runs one, so calls made through a
+test's proxy are recorded too; cutting the proxy still cuts the agent off exactly as before.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 
+Watcher = Callable[[bytes], None]  # sees each client chunk; must never raise
+
 
 class DockerSocketProxy:
-    def __init__(self, upstream: str = DOCKER_SOCKET, delay: float = 0.0) -> None:
-        self.upstream, self.delay = upstream, delay
+    def __init__(self, upstream: str = DOCKER_SOCKET, delay: float = 0.0,
+                 observe: Callable[[], Watcher] | None = None) -> None:
+        self.upstream, self.delay, self.observe = upstream, delay, observe
         self._dir = Path(tempfile.mkdtemp(prefix="lat-proxy-"))
         self.path = str(self._dir / "docker.sock")
         self._listener: socket.socket | None = None
@@ -79,15 +87,20 @@ class DockerSocketProxy:
                 continue
             with self._lock:
                 self._conns.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream, self.delay), daemon=True).start()
+            watch = self.observe() if self.observe is not None else None
+            threading.Thread(target=self._pump, args=(client, upstream, self.delay, watch),
+                             daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, 0.0), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, delay: float) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, delay: float,
+              watch: Watcher | None = None) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if watch is not None:
+                    watch(data)
                 if delay:
                     time.sleep(delay)
                 target.sendall(data)
@@ -105,7 +118,10 @@ class DockerSocketProxy:
 
 @contextlib.contextmanager
 def docker_proxy(delay: float = 0.0) -> Iterator[DockerSocketProxy]:
-    proxy = DockerSocketProxy(delay=delay)
+    """A proxy for an agent on the docker engine, in front of the recorder when the session runs one."""
+    from tests.support.api_surface import agent_upstream  # imports this module: resolved at call time
+
+    proxy = DockerSocketProxy(agent_upstream(), delay=delay)
     proxy.start()
     try:
         yield proxy

@@ -24,6 +24,7 @@ import docker.errors
 import pytest
 
 from agent.runtime.docker import DockerRuntime, DockerUnavailable
+from tests.support.api_surface import agent_base_url
 from tests.support.docker_fixtures import RUN_ID, TEST_RUN_LABEL, docker_unavailable, test_labels
 from tests.support.images import REPO_ROOT, TEST_IMAGE_PREFIX, file_lock, remove_image
 
@@ -101,8 +102,9 @@ def stand_in_image(docker_client: docker.DockerClient, busybox_image: str) -> It
 
 @pytest.fixture(scope="session")
 def runtime() -> Iterator[DockerRuntime]:
-    """The real `DockerRuntime()` (docker's env handling); session end removes this run's test containers."""
-    rt = DockerRuntime()
+    """The real `DockerRuntime` through the API-surface recorder (docker's env handling when it is off);
+    session end removes this run's test containers."""
+    rt = DockerRuntime(agent_base_url())
     try:
         rt.ping()
     except DockerUnavailable as exc:

@@ -128,7 +128,7 @@ def test_the_help_never_shows_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_choices_are_listed_and_enforced_by_argparse() -> None:
     text = help_of("start")
     assert "--pull-policy {default,always,if-not-present,never}" in text
-    assert "--engine {docker,swarm}" in text
+    assert "--engine {docker,swarm,podman}" in text
     assert "--level, --log-level {DEBUG,INFO,WARNING,ERROR,CRITICAL}" in text
     code, _, err = run("config", "--pull-policy", "sometimes")
     assert code == 2

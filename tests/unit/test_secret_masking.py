@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -129,9 +130,8 @@ def test_any_url_password_is_masked(scheme: str, user: str, password: str) -> No
 
 
 # ---------------------------------------------------------------- log lines
-@EXAMPLES
-@given(URL_PASSWORD, URL_PASSWORD)
-def test_url_passwords_never_reach_a_log_line(password: str, proxy_password: str) -> None:
+def log_lines_with(password: str, proxy_password: str) -> str:
+    """What the log handlers write for three lines carrying URL passwords, timestamps cut off."""
     with captured_log() as out:
         logger.info("Agent successfully connected to Prefect Cloud at {url}",
                     url=f"https://agent:{password}@api.example/graphql")
@@ -142,8 +142,16 @@ def test_url_passwords_never_reach_a_log_line(password: str, proxy_password: str
         except ConnectionError:
             logger.exception("docker down")
         text = out.getvalue()
-    baseline = "agent: proxy: docker: api.example proxy.example docker.example graphql refused"
-    assume(password not in baseline and proxy_password not in baseline)
+    return re.sub(r"(?m)^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+", "", text)
+
+
+@EXAMPLES
+@given(URL_PASSWORD, URL_PASSWORD)
+def test_url_passwords_never_reach_a_log_line(password: str, proxy_password: str) -> None:
+    text = log_lines_with(password, proxy_password)
+    # A password that is part of the lines' own text ("succ", a line number) proves nothing either way.
+    neutral = log_lines_with("S3NT1NEL-A", "S3NT1NEL-B")
+    assume(password not in neutral and proxy_password not in neutral)
     assert password not in text and proxy_password not in text, text
     assert "https://agent:***@api.example/graphql" in text and "http://proxy:***@proxy.example" in text
     assert "tcp://docker:***@docker.example:2376" in text

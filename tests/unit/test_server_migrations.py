@@ -24,7 +24,7 @@ from server import db, migrate
 from tests.support.server_fixtures import REPO_ROOT
 
 FIRST_RELEASE_DB = REPO_ROOT / "tests" / "data" / "first-release.db"
-HEAD = "0006"
+HEAD = "0007"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
