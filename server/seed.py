@@ -2,6 +2,7 @@
 
     from server.seed import seed_flow_runs
     info = seed_flow_runs(engine, 1_000_000, due=50, labels=["bench"])
+    seed_logs(engine, 10)  # then 10 log lines per run, the same way
 
 or `local-agent-server seed --runs 100000 --due 50 --database-url ...`. The rows go through the same tables
 and indexes the server uses, so measurements reflect the real queue query, but not through SQLAlchemy's
@@ -36,6 +37,9 @@ RUN_COLUMNS = ("id", "tenant_id", "flow_id", "name", "version", "state", "serial
                "idempotency_key", "times_resurrected", "created")
 TASK_RUN_COLUMNS = ("id", "tenant_id", "flow_run_id", "task_id", "map_index", "version", "state",
                     "serialized_state", "created")
+LOG_COLUMNS = ("id", "tenant_id", "flow_run_id", "task_run_id", "timestamp", "name", "level", "message",
+               "info", "created")
+LOG_MESSAGE = "Task 'say': Finished task run for task with final state: 'Success'"
 EMPTY_JSON = "{}"
 SUCCESS_JSON = json.dumps(SUCCESS)
 PENDING_JSON = json.dumps({"type": "Pending", "message": "Task run created"})
@@ -117,6 +121,26 @@ def seed_flow_runs(engine: Engine, n: int, *, due: int = 50, labels: Sequence[st
         if batch:
             writer.write(batch, task_id if task_runs else None)
     return {"tenant_id": tenant_id, "project_id": project_id, "flow_id": flow_id, "runs": n, "due": due}
+
+
+def seed_logs(engine: Engine, per_run: int, *, flow_id: str | None = None, message: str = LOG_MESSAGE) -> int:
+    """`per_run` log lines for each flow run (of `flow_id`, or all), written like the runs: the runs are read
+    back in key order a batch at a time, so the log's indexes also grow at their end. Returns the count."""
+    written, last, ids = 0, "", sequential_ids()
+    fr = db.flow_run
+    of_flow = [fr.c.flow_id == flow_id] if flow_id else []
+    while True:  # a transaction per batch keeps SQLite's WAL from growing to the size of all the lines
+        with db.write_tx(engine) as conn:
+            runs = conn.execute(select(fr.c.id, fr.c.tenant_id, fr.c.state_timestamp)
+                                .where(fr.c.id > last, *of_flow).order_by(fr.c.id)
+                                .limit(BATCH * 5 // max(per_run, 1) + 1)).all()
+            if not runs:
+                return written
+            rows = [(next(ids), tenant, run_id, None, at.replace(tzinfo=None) + timedelta(milliseconds=k),
+                     "prefect.CloudTaskRunner", "INFO", message, None, at.replace(tzinfo=None))
+                    for run_id, tenant, at in runs for k in range(per_run)]
+            _Writer(conn)._table("log", LOG_COLUMNS, rows)
+        written, last = written + len(rows), runs[-1][0]
 
 
 def analyze(engine: Engine) -> None:

@@ -211,24 +211,33 @@ def demo_run_id(client: docker.DockerClient, project: ComposeProject, service: s
     return str(run_id)
 
 
+def wait_for_demo_success(
+    client: docker.DockerClient, project: ComposeProject, started: float, *, demo: str = "demo",
+    server: str = "server", port: str = "LOCAL_AGENT_SERVER_PORT", timeout: float = SUCCESS_TIMEOUT_S,
+) -> tuple[str, dict[str, Any], PublishedServer, str]:
+    """The demo's flow run once it is Success (else the compose logs): its id, the run, the published
+    server and a USER token to read more with."""
+    run_id = demo_run_id(client, project, demo)
+    create = ("local-agent-server", "token", "create", "--scope", "USER", "--name", "e2e-reader")
+    token = project.run("exec", "-T", server, *create).stdout.strip()
+    published = PublishedServer(f"http://127.0.0.1:{project.env[port]}/graphql")
+    remaining = timeout - (time.monotonic() - started)
+    try:
+        run = api.wait_for_state(published, run_id, ["Success", "Failed"], timeout=remaining, token=token)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- compose logs\n{project.logs()}") from exc
+    assert run["state"] == "Success", run["serialized_state"]
+    print(f"{project.name}: up -> Success in {time.monotonic() - started:.1f} s")
+    return run_id, run, published, token
+
+
 def test_compose_up_runs_the_demo_flow_to_success_and_stops_cleanly(
     docker_client: docker.DockerClient, compose_project: ComposeProject
 ) -> None:
     project = compose_project
     started = time.monotonic()
     project.run("up", "--detach", "--no-build", timeout=SUCCESS_TIMEOUT_S)
-    run_id = demo_run_id(docker_client, project)
-
-    server = PublishedServer(f"http://127.0.0.1:{project.env['LOCAL_AGENT_SERVER_PORT']}/graphql")
-    create = ("local-agent-server", "token", "create", "--scope", "USER", "--name", "e2e-reader")
-    user_token = project.run("exec", "-T", "server", *create).stdout.strip()
-    remaining = SUCCESS_TIMEOUT_S - (time.monotonic() - started)
-    try:
-        run = api.wait_for_state(server, run_id, ["Success", "Failed"], timeout=remaining, token=user_token)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- compose logs\n{project.logs()}") from exc
-    assert run["state"] == "Success", run["serialized_state"]
-    print(f"compose up -> Success in {time.monotonic() - started:.1f} s")
+    run_id, _, server, user_token = wait_for_demo_success(docker_client, project, started)
 
     agent = docker_client.containers.get(project.container_id("agent"))
     log = agent.logs().decode(errors="replace")

@@ -23,9 +23,9 @@ from tests.e2e.test_compose import (
     ComposeProject,
     PublishedServer,
     build_product_image,
-    demo_run_id,
     isolated_env,
     running_project,
+    wait_for_demo_success,
 )
 from tests.support import api
 from tests.support.docker_fixtures import RUN_ID
@@ -88,18 +88,9 @@ def test_postgres_profile_runs_the_demo_on_two_replicas_of_one_database(
     project = postgres_project
     started = time.monotonic()
     project.run(*PROFILE, "up", "--detach", "--no-build", "agent-pg", "demo-pg", timeout=SUCCESS_TIMEOUT_S)
-    run_id = demo_run_id(docker_client, project, "demo-pg")
-
-    create = ("local-agent-server", "token", "create", "--scope", "USER", "--name", "e2e-reader")
-    token = project.run("exec", "-T", "server-pg-1", *create).stdout.strip()
-    published = PublishedServer(f"http://127.0.0.1:{project.env['LOCAL_AGENT_PG_SERVER_PORT']}/graphql")
-    remaining = SUCCESS_TIMEOUT_S - (time.monotonic() - started)
-    try:
-        run = api.wait_for_state(published, run_id, ["Success", "Failed"], timeout=remaining, token=token)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- compose logs\n{project.logs()}") from exc
-    assert run["state"] == "Success", run["serialized_state"]
-    print(f"compose --profile postgres up -> Success in {time.monotonic() - started:.1f} s")
+    run_id, run, _, token = wait_for_demo_success(
+        docker_client, project, started, demo="demo-pg", server="server-pg-1",
+        port="LOCAL_AGENT_PG_SERVER_PORT", timeout=SUCCESS_TIMEOUT_S)
 
     addresses = {service: replica_address(docker_client, project, service) for service in REPLICAS}
     assert len(set(addresses.values())) == 2, addresses

@@ -23,13 +23,11 @@ from docker.models.containers import Container
 from tests.e2e.test_compose import (
     TOKEN_PATTERN,
     ComposeProject,
-    PublishedServer,
     build_product_image,
-    demo_run_id,
     isolated_env,
     running_project,
+    wait_for_demo_success,
 )
-from tests.support import api
 from tests.support.docker_fixtures import RUN_ID, test_labels
 from tests.support.server_fixtures import free_port
 from tests.support.socket_proxy import build_socket_proxy_image
@@ -80,18 +78,7 @@ def test_agent_behind_the_socket_proxy_runs_the_demo_flow_to_success(
     project = proxied_project
     started = time.monotonic()
     project.run(*PROFILE, "up", "--detach", "--no-build", "agent-proxied", "demo", timeout=SUCCESS_TIMEOUT_S)
-    run_id = demo_run_id(docker_client, project)
-
-    server = PublishedServer(f"http://127.0.0.1:{project.env['LOCAL_AGENT_SERVER_PORT']}/graphql")
-    create = ("local-agent-server", "token", "create", "--scope", "USER", "--name", "e2e-reader")
-    user_token = project.run("exec", "-T", "server", *create).stdout.strip()
-    remaining = SUCCESS_TIMEOUT_S - (time.monotonic() - started)
-    try:
-        run = api.wait_for_state(server, run_id, ["Success", "Failed"], timeout=remaining, token=user_token)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- compose logs\n{project.logs()}") from exc
-    assert run["state"] == "Success", run["serialized_state"]
-    print(f"compose up (socket proxy) -> Success in {time.monotonic() - started:.1f} s")
+    run_id, *_ = wait_for_demo_success(docker_client, project, started, timeout=SUCCESS_TIMEOUT_S)
 
     agent = docker_client.containers.get(project.container_id("agent-proxied"))
     ended = f"({run_id}) ended: Success, exit code 0"

@@ -18,12 +18,13 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.podman.flows import hello_to_success
 from tests.support import api
 from tests.support.agent_fixtures import AGENT_LABEL, AgentProcess
 from tests.support.docker_fixtures import LocalRegistry
 from tests.support.ops_helpers import stand_in_flow, stand_in_run
 from tests.support.podman import PodmanService
-from tests.support.prefect_fixtures import PrefectBackend, PrefectVenv, register_examples, running_backend
+from tests.support.prefect_fixtures import PrefectBackend, PrefectVenv, running_backend
 
 AgentFactory = Callable[..., AgentProcess]
 RUN_LABEL = "io.prefect.flow-run-id"
@@ -62,16 +63,8 @@ def test_a_real_prefect_flow_succeeds_on_rootful_podman_and_its_container_is_rem
     backend: PrefectBackend, podman_rootful: PodmanService, docker_client: docker.DockerClient,
     flow_image: str, prefect_venv: PrefectVenv, agent_factory: AgentFactory,
 ) -> None:
-    podman_rootful.load(docker_client, flow_image)  # stored as localhost/<name>; the run config names <name>
-    summary = register_examples(prefect_venv, backend.env(), "--flow", "hello", "--create-run")
-    (run_id,) = summary["flows"]["hello"]["runs"]
-    agent = start(agent_factory, backend, podman_rootful)
-    try:
-        run = api.wait_for_state(backend.server, run_id, ["Success", "Failed"], timeout=120)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- agent output\n{agent.output()}") from exc
-    assert run["state"] == "Success", (run["serialized_state"], agent.output())
-    api.wait_for_log(backend.server, run_id, "greeting: HELLO, WORLD!")
+    run_id, agent = hello_to_success(podman_rootful, docker_client, flow_image, prefect_venv, backend,
+                                     lambda: start(agent_factory, backend, podman_rootful))
     out = agent.wait_for_output("Engine: Podman 4")
     assert f"Engine: Podman {podman_rootful.client.version()['Version']} (rootful" in out
     assert podman_rootful.base_url.removeprefix("unix://") in out

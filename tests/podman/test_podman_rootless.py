@@ -15,11 +15,12 @@ from typing import Any
 import docker
 import pytest
 
+from tests.podman.flows import hello_to_success
 from tests.support import api
 from tests.support.agent_fixtures import AGENT_LABEL, AgentProcess
 from tests.support.ops_helpers import stand_in_flow, stand_in_run
 from tests.support.podman import PodmanService
-from tests.support.prefect_fixtures import PrefectBackend, PrefectVenv, register_examples, running_backend
+from tests.support.prefect_fixtures import PrefectBackend, PrefectVenv, running_backend
 
 AgentFactory = Callable[..., AgentProcess]
 RUN_LABEL = "io.prefect.flow-run-id"
@@ -41,16 +42,8 @@ def test_a_real_prefect_flow_succeeds_on_rootless_podman(
     backend: PrefectBackend, podman_rootless: PodmanService, docker_client: docker.DockerClient,
     flow_image: str, prefect_venv: PrefectVenv, agent_factory: AgentFactory,
 ) -> None:
-    podman_rootless.load(docker_client, flow_image)
-    summary = register_examples(prefect_venv, backend.env(), "--flow", "hello", "--create-run")
-    (run_id,) = summary["flows"]["hello"]["runs"]
-    agent = start(agent_factory, backend, podman_rootless)
-    try:
-        run = api.wait_for_state(backend.server, run_id, ["Success", "Failed"], timeout=120)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- agent output\n{agent.output()}") from exc
-    assert run["state"] == "Success", (run["serialized_state"], agent.output())
-    api.wait_for_log(backend.server, run_id, "greeting: HELLO, WORLD!")
+    _, agent = hello_to_success(podman_rootless, docker_client, flow_image, prefect_venv, backend,
+                                lambda: start(agent_factory, backend, podman_rootless))
     assert "Engine: Podman 4" in agent.output() and "(rootless" in agent.output()
 
 
