@@ -77,8 +77,8 @@ def test_kill_9_mid_burst_then_restart_leaves_exactly_one_container_per_run(
     assert f"adopted {left.count('running')} running" in out, (left, out)
     assert f"removed {left.count('created')} never started" in out, (left, out)
 
-    def all_launched() -> bool:
-        return all(containers_of(docker_client, r) and s == "Submitted"
+    def all_launched() -> bool:  # "Submitted for execution" is written before the start: wait for the start
+        return all([c.status for c in containers_of(docker_client, r)] == ["running"] and s == "Submitted"
                    for r, s in zip(runs, states(server, runs), strict=True))
 
     eventually(all_launched, 40, lambda: f"{states(server, runs)}\n{second.output()}")
