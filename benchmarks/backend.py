@@ -98,7 +98,7 @@ def tenant_id(url: str) -> str:
     return graphql(url, "query { tenant { id } }")["tenant"][0]["id"]
 
 
-def serialized_flow(name: str, image: str) -> dict[str, Any]:
+def serialized_flow(name: str, image: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """A Prefect 1.4.1 flow with Docker storage on `image` and a DockerRun run config; no tasks needed."""
     repository, _, tag = image.partition(":")
     return {
@@ -118,14 +118,14 @@ def serialized_flow(name: str, image: str) -> dict[str, Any]:
             "prefect_version": "1.4.1", "secrets": [],
         },
         "run_config": {
-            "type": "DockerRun", "__version__": "1.4.1", "labels": [], "env": None, "image": None,
+            "type": "DockerRun", "__version__": "1.4.1", "labels": [], "env": env, "image": None,
             "ports": None, "host_config": None,
         },
     }
 
 
-def register_flow(url: str, name: str, image: str) -> str:
-    """Create project `bench` (if needed) and the flow; returns the flow id."""
+def register_flow(url: str, name: str, image: str, env: dict[str, str] | None = None) -> str:
+    """Create project `bench` (if needed) and the flow (with its DockerRun `env`); returns the flow id."""
     tenant = tenant_id(url)
     create = "mutation($input: create_project_input!) { create_project(input: $input) { id } }"
     try:
@@ -134,7 +134,7 @@ def register_flow(url: str, name: str, image: str) -> str:
     except GraphQLError:  # "Uniqueness violation." - the project exists
         project = graphql(url, 'query { project(where: {name: {_eq: "bench"}}) { id } }')["project"][0]["id"]
     mutation = "mutation($input: create_flow_input!) { create_flow(input: $input) { id } }"
-    variables = {"input": {"project_id": project, "serialized_flow": serialized_flow(name, image),
+    variables = {"input": {"project_id": project, "serialized_flow": serialized_flow(name, image, env),
                            "set_schedule_active": False}}
     return graphql(url, mutation, variables)["create_flow"]["id"]
 

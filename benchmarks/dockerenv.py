@@ -23,6 +23,10 @@ FLOW_NAME_LABEL = "io.prefect.flow-name"
 BASE_IMAGES = ("local/busybox:latest", "busybox:latest")
 # A stand-in for `prefect execute flow-run`: the flow "runs" and exits 0 at once, so only launching is timed.
 FAKE_PREFECT = "#!/bin/sh\nexit 0\n"
+# A stand-in that lives as long as its run config asks (`BENCH_SLEEP_S`), for the scenarios that need flow
+# containers to stay up while the agent watches them (cost curves, soak). `exec`: SIGTERM reaches the sleep.
+SLEEPER_IMAGE = "local-agent-bench-sleeper:latest"
+SLEEPING_PREFECT = '#!/bin/sh\nexec sleep "${BENCH_SLEEP_S:-0}"\n'
 
 
 def docker_client() -> docker.DockerClient:
@@ -31,18 +35,27 @@ def docker_client() -> docker.DockerClient:
 
 def ensure_flow_image(client: docker.DockerClient) -> str:
     """Build `local-agent-bench-flow:latest` (busybox + a no-op `/bin/prefect`) unless it exists already."""
-    if _image_exists(client, FLOW_IMAGE):
-        return FLOW_IMAGE
+    return _ensure_stand_in(client, FLOW_IMAGE, FAKE_PREFECT)
+
+
+def ensure_sleeper_image(client: docker.DockerClient) -> str:
+    """Build `local-agent-bench-sleeper:latest`: `/bin/prefect` sleeps `$BENCH_SLEEP_S` s, then exits 0."""
+    return _ensure_stand_in(client, SLEEPER_IMAGE, SLEEPING_PREFECT)
+
+
+def _ensure_stand_in(client: docker.DockerClient, image: str, script: str) -> str:
+    if _image_exists(client, image):
+        return image
     base = next((name for name in BASE_IMAGES if _image_exists(client, name)), None)
     if base is None:
-        raise RuntimeError(f"none of {BASE_IMAGES} is available locally to build {FLOW_IMAGE}")
+        raise RuntimeError(f"none of {BASE_IMAGES} is available locally to build {image}")
     dockerfile = f"FROM {base}\nCOPY prefect /bin/prefect\nRUN chmod 755 /bin/prefect\n"
-    context = _tar_context({"Dockerfile": dockerfile, "prefect": FAKE_PREFECT})
+    context = _tar_context({"Dockerfile": dockerfile, "prefect": script})
     client.images.build(
-        fileobj=context, custom_context=True, tag=FLOW_IMAGE, rm=True, forcerm=True,
+        fileobj=context, custom_context=True, tag=image, rm=True, forcerm=True,
         labels={BENCH_LABEL: "flow"},
     )
-    return FLOW_IMAGE
+    return image
 
 
 def _image_exists(client: docker.DockerClient, name: str) -> bool:

@@ -1,4 +1,5 @@
-"""results.json, results.md (a table of every figure and the ratios, then the targets) and lateness.png."""
+"""results.json, results.md (a table of every figure and the ratios, then the targets), lateness.png and
+burst.png (the repeated bursts)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.burst_report import burst_chart, burst_section
 from benchmarks.config import PREFECT_BASELINE, TARGETS
 from benchmarks.stats import ratio
 
 # (key, label, unit, decimals); a key with no value for any system shows "n/a".
 ROWS: tuple[tuple[str, str, str, int], ...] = (
-    ("burst.runs_per_s", "burst: throughput", "runs/s", 2),
-    ("burst.ceiling_runs_per_s", "burst: Docker ceiling just before", "runs/s", 2),
-    ("burst.ratio_to_ceiling", "burst: share of the ceiling", "", 3),
+    ("burst.runs_per_s", "burst: throughput (median)", "runs/s", 2),
+    ("burst.ceiling_runs_per_s", "burst: Docker ceiling just before (median)", "runs/s", 2),
+    ("burst.ratio_to_ceiling", "burst: share of the ceiling (median of the repeats)", "", 3),
+    ("burst.ratio_min", "burst: share of the ceiling, lowest repeat", "", 3),
+    ("burst.ratio_max", "burst: share of the ceiling, highest repeat", "", 3),
+    ("burst.repeats", "burst: repeats, each after its own ceiling", "", 0),
     ("burst.duration_s", "burst: first poll -> last container start", "s", 2),
     ("burst.requests_per_run", "burst: API requests per launched run", "", 2),
+    ("burst.cpu_ms_per_run", "burst: agent CPU per launched run", "ms", 1),
+    ("burst.cpu_s", "burst: agent CPU, first poll -> end of burst", "s", 2),
+    ("burst.cpu_percent", "burst: agent CPU during the burst", "% of a core", 1),
+    ("burst.cpu_share_percent", "burst: agent's share of the machine's busy CPU", "%", 1),
     ("scheduled.p50_s", "scheduled lateness p50", "s", 3),
     ("scheduled.p95_s", "scheduled lateness p95", "s", 3),
     ("scheduled.max_s", "scheduled lateness max", "s", 3),
@@ -35,6 +44,7 @@ ROWS: tuple[tuple[str, str, str, int], ...] = (
     ("shutdown.stop_s", "stop: SIGINT -> process exit, idle (median)", "s", 2),
     ("image.size_mb", "agent image size", "MB", 1),
 )
+COUNTS = frozenset({"burst.repeats"})  # rows whose ours / Prefect ratio means nothing
 SERVER_ROWS: tuple[tuple[str, str, str, int], ...] = (
     ("queue.median_ms", "server: get_runs_in_queue median", "ms", 2),
     ("queue.p95_ms", "server: get_runs_in_queue p95", "ms", 2),
@@ -75,8 +85,9 @@ def _figure_rows(figures: dict[str, dict[str, Any]]) -> list[str]:
     for key, label, unit, decimals in ROWS:
         mine, peer = ours.get(key), prefect.get(key)
         to_ceiling = ours.get("burst.ratio_to_ceiling") if key == "burst.runs_per_s" else None
+        to_prefect = None if key in COUNTS else ratio(mine, peer)
         cells = [label, unit, _fmt(mine, decimals), _fmt(peer, decimals), _fmt(to_ceiling, 3),
-                 _fmt(ratio(mine, peer), 2), _fmt(PREFECT_BASELINE.get(key), decimals)]
+                 _fmt(to_prefect, 2), _fmt(PREFECT_BASELINE.get(key), decimals)]
         lines.append("| " + " | ".join(cells) + " |")
     server = figures.get("server", {})
     for key, label, unit, decimals in SERVER_ROWS:
@@ -105,10 +116,12 @@ def markdown(results: dict[str, Any]) -> str:
         *_figure_rows(results["figures"]),
         "",
         f"Ceiling bursts (docker-py, no agent, same image/daemon): {_ceilings(results['figures'])}.",
-        f"Runs per scenario: burst {cfg['burst_runs']}, scheduled {cfg['scheduled_runs']}, "
+        f"Runs per scenario: burst {cfg['burst_runs']} (ours x {cfg.get('burst_repeats', 1)}, Prefect x "
+        f"{cfg.get('prefect_burst_repeats', 1)}), scheduled {cfg['scheduled_runs']}, "
         f"immediate {cfg['immediate_runs']}; idle window {cfg['idle_s']:.0f} s; "
         f"queue DB {cfg['queue_runs']:,} runs.",
         "",
+        *burst_section(results["figures"]),
         "## Targets",
         "",
         *_target_rows(results["targets"]),
@@ -125,8 +138,9 @@ def _ceilings(figures: dict[str, dict[str, Any]]) -> str:
     parts = []
     for name, fig in figures.get("ceiling", {}).items():
         rate = _fmt(fig.get("runs_per_s"), 2)
+        each = ", ".join(_fmt(r, 2) for r in fig.get("runs_per_s_each", []))
         remove = " (auto-remove)" if fig.get("auto_remove") else ""
-        parts.append(f"{name}: {rate} runs/s at concurrency {fig.get('concurrency')}{remove}")
+        parts.append(f"{name}: median {rate} runs/s ({each}) at concurrency {fig.get('concurrency')}{remove}")
     return "; ".join(parts) or "n/a"
 
 
@@ -160,7 +174,8 @@ def lateness_chart(samples: dict[str, dict[str, list[float]]], path: Path) -> No
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 SUMMARY_KEYS = (
-    "burst.ratio_to_ceiling", "burst.requests_per_run", "scheduled.p95_s", "immediate.p95_s",
+    "burst.ratio_to_ceiling", "burst.requests_per_run", "burst.cpu_ms_per_run", "scheduled.p95_s",
+    "immediate.p95_s",
     "idle.rss_mb", "idle.requests_per_min", "startup.first_poll_s",
 )
 
@@ -197,10 +212,12 @@ def update_readme(results: dict[str, Any], readme: Path, link: str) -> bool:
 
 def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "lateness.png"}
+    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "lateness.png",
+             "burst_png": out_dir / "burst.png"}
     paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     paths["md"].write_text(markdown(results))
     lateness_chart(results.get("samples", {}), paths["png"])
+    burst_chart(results.get("figures", {}), paths["burst_png"])
     return paths
 
 

@@ -3,7 +3,8 @@
 1. start-up (each agent alone, `startup_repeats` launches);
 2. idle (both agents side by side, each behind its own proxy: they do not interact);
 3. immediate, then scheduled (one agent at a time; the other idles in the background);
-4. bursts, interleaved with the ceiling: ceiling(ours' options), ours, ceiling(Prefect's options), Prefect;
+4. bursts, each right after a ceiling burst at its agent's options, in rounds: ceiling, ours, ceiling,
+   Prefect, ceiling, ours, ... (`burst_repeats` of ours, `prefect_burst_repeats` of Prefect's; medians);
 5. server queue latency on a separately seeded database; 6. our agent's image size.
 A system whose agent cannot start is reported as "not measured" and the rest goes on.
 """
@@ -13,17 +14,19 @@ from __future__ import annotations
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from benchmarks import backend
-from benchmarks.ceiling import CeilingSpec
+from benchmarks.ceiling import CeilingResult, CeilingSpec
 from benchmarks.config import REPO_ROOT, BenchConfig
 from benchmarks.dockerenv import StartWatcher, docker_client, ensure_flow_image, remove_flow_containers
 from benchmarks.image_size import measure_agent_image
@@ -36,6 +39,7 @@ from benchmarks.scenarios import (
     Bench,
     System,
     ceiling_burst,
+    finish_bursts,
     finish_startup,
     launch,
     scenario_burst,
@@ -52,7 +56,7 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _guard(system: System, phase: str, fn: Callable[[], None], dead: set[str]) -> None:
+def _guard(system: System, phase: str, fn: Callable[[], object], dead: set[str]) -> None:
     """Run one phase of one system; an error is recorded, and a dead agent skips its remaining phases."""
     if system.name in dead:
         return
@@ -92,9 +96,9 @@ def _machine(client: Any) -> dict[str, Any]:
 def _agent_phases(bench: Bench, systems: list[System], dead: set[str]) -> dict[str, dict[str, Any]]:
     """Phases 1-4; returns the ceiling figures keyed by the agent each one preceded."""
     for s in systems:
-        _guard(s, "startup", lambda s=s: scenario_startup(bench, s), dead)
+        _guard(s, "startup", partial(scenario_startup, bench, s), dead)
     for s in systems:
-        _guard(s, "launch", lambda s=s: launch(s), dead)
+        _guard(s, "launch", partial(launch, s), dead)
     idle = [s for s in systems if s.name not in dead]
     if idle:
         _log(f"idle: {', '.join(s.name for s in idle)} for {bench.config.idle_s:.0f} s")
@@ -105,23 +109,58 @@ def _agent_phases(bench: Bench, systems: list[System], dead: set[str]) -> dict[s
                 s.errors["idle"] = f"{type(exc).__name__}: {exc}"
     for phase, fn in (("immediate", scenario_immediate), ("scheduled", scenario_scheduled)):
         for s in systems:
-            _guard(s, phase, lambda s=s, fn=fn: fn(bench, s), dead)
+            _guard(s, phase, partial(fn, bench, s), dead)
     for s in systems:
         s.agent.stop()
     remove_flow_containers(bench.docker, bench.flow_name)
-    ceilings: dict[str, dict[str, Any]] = {}
+    ceilings = _bursts(bench, systems, dead)
     for s in systems:
-        if s.name in dead:
+        finish_startup(s)
+        finish_bursts(s)
+    return ceilings
+
+
+def burst_schedule(config: BenchConfig, names: list[str]) -> list[tuple[str, int]]:
+    """(system, repeat) in the order run: round k holds every system with a k-th burst, so the engine's drift
+    during the phase touches both agents alike; the rounds past Prefect's repeats are ours alone."""
+    rounds = max((config.repeats_of(name) for name in names), default=0)
+    return [(name, k) for k in range(1, rounds + 1) for name in names if k <= config.repeats_of(name)]
+
+
+def _bursts(bench: Bench, systems: list[System], dead: set[str]) -> dict[str, dict[str, Any]]:
+    """Each burst right after a ceiling burst at its agent's options; returns the ceilings per agent."""
+    by_name = {s.name: s for s in systems}
+    ceilings: dict[str, list[CeilingResult]] = {}
+    for name, k in burst_schedule(bench.config, list(by_name)):
+        s = by_name[name]
+        if name in dead:
             continue
         agent = s.agent
         spec = CeilingSpec(concurrency=agent.concurrency, auto_remove=agent.auto_remove, init=agent.init)
-        _log(f"ceiling before {s.name}: {bench.config.burst_runs} runs at concurrency {spec.concurrency}")
-        ceiling = ceiling_burst(bench, spec)
-        ceilings[f"before_{s.name}"] = ceiling.__dict__
-        _guard(s, "burst", lambda s=s, c=ceiling: scenario_burst(bench, s, c), dead)
-    for s in systems:
-        finish_startup(s)
-    return ceilings
+        _log(f"ceiling before {name} burst {k}/{bench.config.repeats_of(name)}: "
+             f"{bench.config.burst_runs} runs at concurrency {spec.concurrency}")
+        ceiling: CeilingResult | None = None
+        try:
+            ceiling = ceiling_burst(bench, spec)
+            ceilings.setdefault(name, []).append(ceiling)
+        except Exception as exc:  # noqa: BLE001 - the burst still runs; its ratio is not measured
+            s.errors[f"ceiling{k}"] = f"{type(exc).__name__}: {exc}"
+            remove_flow_containers(bench.docker, bench.flow_name)
+        phase = f"burst{k}"
+        _guard(s, phase, partial(scenario_burst, bench, s, ceiling, phase), dead)
+    return {f"before_{name}": _ceiling_summary(results) for name, results in ceilings.items()}
+
+
+def _ceiling_summary(results: list[CeilingResult]) -> dict[str, Any]:
+    """The ceilings taken before one agent's bursts: their median and each one, in order."""
+    return {
+        **results[0].__dict__,
+        "repeats": len(results),
+        "runs_per_s": statistics.median(r.runs_per_s for r in results),
+        "duration_s": statistics.median(r.duration_s for r in results),
+        "started": min(r.started for r in results),
+        "runs_per_s_each": [r.runs_per_s for r in results],
+    }
 
 
 def _measure_agents(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ import docker
 from benchmarks import backend
 from benchmarks.ceiling import CeilingResult, CeilingSpec, run_ceiling
 from benchmarks.config import BenchConfig
+from benchmarks.cpu_window import CpuSampler
 from benchmarks.dockerenv import StartWatcher, remove_flow_containers
 from benchmarks.peers import AgentProcess
 from benchmarks.procstats import usage
@@ -68,8 +70,12 @@ def _log_tail(agent: AgentProcess, lines: int = 30) -> str:
 
 
 def launch(system: System, timeout: float = 60.0) -> float:
-    """Start the agent and wait for its first poll; records and returns launch -> first poll in seconds."""
-    started = system.agent.start()
+    """Start the agent and wait for its first poll; records launch -> first poll, returns the poll's time."""
+    return await_first_poll(system, system.agent.start(), timeout)
+
+
+def await_first_poll(system: System, started: float, timeout: float = 60.0) -> float:
+    """The wall-clock time of the first poll of the agent launched at `started`; AgentFailed if none comes."""
     first = system.proxy.wait_first_poll(started, timeout)
     if first is None or not system.agent.alive():
         system.agent.stop()
@@ -166,38 +172,72 @@ def ceiling_burst(bench: Bench, spec: CeilingSpec) -> CeilingResult:
     return result
 
 
-def scenario_burst(bench: Bench, system: System, ceiling: CeilingResult | None) -> None:
-    """N runs due now, the agent started on them: throughput and API requests per launched run."""
+def scenario_burst(bench: Bench, system: System, ceiling: CeilingResult | None, phase: str = "burst") -> None:
+    """N runs due now, the agent started on them: throughput, API requests and the agent's CPU per launched
+    run. Appended to the system's `burst.each`; `finish_bursts` turns the repeats into the figures."""
     n = bench.config.burst_runs
-    runs = create_runs(bench, system.agent.label, [time.time()] * n, f"{system.name}-burst")
-    first_poll = launch(system)
-    starts = bench.watcher.wait_for(runs, timeout=bench.config.run_timeout_s)
-    system.proxy.wait_quiet(quiet_s=2.0, timeout=15.0)  # the trailing Submitted/log writes of the last runs
-    stopping = time.time()  # whatever the agent sends while shutting down is not the burst's
+    runs = create_runs(bench, system.agent.label, [time.time()] * n, f"{system.name}-{phase}")
+    started = system.agent.start()
+    with CpuSampler(system.agent.pid) as cpu:  # sampling from launch, so the first poll lies inside
+        first_poll = await_first_poll(system, started)
+        starts = bench.watcher.wait_for(runs, timeout=bench.config.run_timeout_s)
+        system.proxy.wait_quiet(quiet_s=2.0, timeout=15.0)  # the last runs' trailing Submitted/log writes
+        stopping = time.time()  # whatever the agent sends while shutting down is not the burst's
     system.agent.stop()
     if not starts:
         raise AgentFailed(f"no container of the {n}-run burst started:\n{_log_tail(system.agent)}")
-    last_start = max(starts.values())
     tail = [r.at for r in system.proxy.requests(first_poll, stopping) if r.operation != POLL_OPERATION]
-    window_end = max([last_start, *tail])
-    requests = system.proxy.requests(first_poll, window_end + 1e-6)
-    duration = last_start - first_poll
-    system.figures.update({
-        "burst.runs": n,
-        "burst.started": len(starts),
-        "burst.duration_s": duration,
-        "burst.runs_per_s": len(starts) / duration if duration > 0 else None,
-        "burst.requests_per_run": len(requests) / max(len(starts), 1),
-        "burst.ceiling_runs_per_s": ceiling.runs_per_s if ceiling else None,
-        "burst.requests_by_operation": system.proxy.by_operation(first_poll, window_end + 1e-6),
+    window_end = max([*starts.values(), *tail]) + 1e-6
+    requests = system.proxy.requests(first_poll, window_end)
+    duration = max(starts.values()) - first_poll
+    runs_per_s = len(starts) / duration if duration > 0 else None
+    ceiling_rate = ceiling.runs_per_s if ceiling else None
+    window = cpu.window(first_poll, window_end)
+    system.figures.setdefault("burst.each", []).append({
+        "runs": n, "started": len(starts), "duration_s": duration, "runs_per_s": runs_per_s,
+        "ceiling_runs_per_s": ceiling_rate, "ratio_to_ceiling": ratio(runs_per_s, ceiling_rate),
+        "requests": len(requests), "requests_per_run": len(requests) / len(starts),
+        "window_s": window.wall_s, "cpu_s": window.agent_cpu_s,
+        "cpu_ms_per_run": 1000.0 * window.agent_cpu_s / len(starts), "cpu_percent": window.percent_of_core,
+        "machine_busy_s": window.machine_busy_s, "cpu_share_percent": window.share_percent,
+        "requests_by_operation": system.proxy.by_operation(first_poll, window_end),
     })
-    system.figures["burst.ratio_to_ceiling"] = ratio(system.figures["burst.runs_per_s"],
-                                                     system.figures["burst.ceiling_runs_per_s"])
-    system.samples["burst_requests"] = [float(len(requests))]
     if len(starts) < n:
-        system.errors["burst"] = f"only {len(starts)} of {n} containers started"
+        system.errors[phase] = f"only {len(starts)} of {n} containers started"
     backend.finish_runs(bench.server_url, list(runs))
     remove_flow_containers(bench.docker, bench.flow_name)
+
+
+def _median(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def burst_figures(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeated bursts as figures: medians, the ratio's spread, requests by operation summed."""
+    ratios = [b["ratio_to_ceiling"] for b in each if b["ratio_to_ceiling"] is not None]
+    operations: Counter[str] = Counter()
+    for b in each:
+        operations.update(b["requests_by_operation"])
+    figures: dict[str, Any] = {
+        "burst.runs": each[0]["runs"], "burst.started": min(b["started"] for b in each),
+        "burst.repeats": len(each),
+        "burst.ratio_min": min(ratios, default=None), "burst.ratio_max": max(ratios, default=None),
+        "burst.requests_by_operation": dict(operations.most_common()),
+    }
+    for key in ("duration_s", "runs_per_s", "ceiling_runs_per_s", "ratio_to_ceiling", "requests_per_run",
+                "cpu_s", "cpu_ms_per_run", "cpu_percent", "cpu_share_percent"):
+        figures[f"burst.{key}"] = _median([b[key] for b in each])
+    return figures
+
+
+def finish_bursts(system: System) -> None:
+    each: list[dict[str, Any]] = system.figures.get("burst.each", [])
+    if not each:
+        return
+    system.figures.update(burst_figures(each))
+    system.samples["burst_ratio"] = [b["ratio_to_ceiling"] for b in each if b["ratio_to_ceiling"] is not None]
+    system.samples["burst_requests"] = [float(b["requests"]) for b in each]
 
 
 def finish_startup(system: System) -> None:

@@ -1,6 +1,6 @@
 """The GraphQL boundary: every operation the agent sends to Prefect Cloud / Server 1.x (or our server).
 
-One gql aiohttp transport (`agent.api.transport`), connected once. Documents are the named
+One gql httpx transport (`agent.api.transport`), connected once. Documents are the named
 files in `agent/api/operations/`, sent as text (validated against the contract SDL in the tests, never at
 runtime: a harmless server-side schema addition must not break the agent). Callers get typed results and
 one error tree: `TransientApiError` (connection errors, timeouts, 5xx: retried here a few times, then the
@@ -15,7 +15,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-import aiohttp
+import httpx
 import tenacity
 from loguru import logger
 
@@ -85,7 +85,7 @@ def classify_exception(exc: BaseException) -> ApiError:
         return TransientApiError(f"HTTP {code}: {exc}")
     if isinstance(exc, TransportError):  # not a GraphQL answer (a proxy's error page), or not connected
         return TransientApiError(str(exc) or type(exc).__name__)
-    if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+    if isinstance(exc, TimeoutError | httpx.TransportError | OSError):
         return TransientApiError(f"{type(exc).__name__}: {exc}".rstrip(": "))
     return ApiError(f"{type(exc).__name__}: {exc}")
 
@@ -100,7 +100,7 @@ class CloudClient:
             "X-PREFECT-CORE-VERSION": PREFECT_WIRE_VERSION,
         }
         if token:
-            headers["Authorization"] = f"Bearer {token}"  # never logged: gql/aiohttp loggers sit at WARNING
+            headers["Authorization"] = f"Bearer {token}"  # never logged: gql/httpx loggers sit at WARNING
         self.timeout = timeout
         self._attempts = attempts
         self._cloud = token is not None

@@ -26,7 +26,8 @@ from agent.ops.redact import MASK, mask_urls
 
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss,SSS} - agent - {level} - {message}"
 # gql logs whole request/response bodies at DEBUG, urllib3/docker log headers: they could carry credentials.
-QUIET_LOGGERS = ("gql", "gql.transport", "aiohttp", "aiohttp.access", "urllib3", "docker", "asyncio")
+QUIET_LOGGERS = ("gql", "gql.transport", "httpx", "httpcore", "aiohttp", "aiohttp.access", "urllib3",
+                 "docker", "asyncio")
 # Any bearer credential, even one we were not told about (belt and braces for the known token).
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
 

@@ -17,6 +17,11 @@ import docker.utils
 from loguru import logger
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
+# docker-py keys a unix socket's connection pools by the request's whole URL and keeps 25 of them, each with
+# its socket open: every container's own paths (`/containers/<id>/json`, ...) left an idle connection behind,
+# ~3 fds per watched container up to 25 per thread. Four pools keep the repeated calls (the list, `/info`)
+# on warm connections; a connection to a local socket costs well under a millisecond to open again.
+POOLS_PER_CLIENT = 4
 
 
 def client_params(base_url: str | None) -> dict[str, Any]:
@@ -62,7 +67,7 @@ class ClientPool:
         client: docker.DockerClient | None = getattr(self._local, "client", None)
         if client is None:
             client = docker.DockerClient(timeout=self.timeout,  # type: ignore[arg-type]  # floats work
-                                         version=self._api_version, **self.params)
+                                         version=self._api_version, num_pools=POOLS_PER_CLIENT, **self.params)
             self._api_version = client.api.api_version
             with self._lock:
                 self._clients.append(client)

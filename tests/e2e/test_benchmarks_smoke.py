@@ -81,6 +81,11 @@ def test_smoke_writes_every_figure(smoke_results: Path) -> None:
     server = results["figures"]["server"]
     assert all(server.get(key) is not None for key in SERVER_FIGURES), server
     assert set(results["figures"]["ceiling"]) == {"before_ours", "before_prefect"}
+    config = results["meta"]["config"]
+    for system, repeats in (("ours", config["burst_repeats"]), ("prefect", config["prefect_burst_repeats"])):
+        assert results["figures"][system]["burst.repeats"] == repeats
+        assert len(results["figures"][system]["burst.each"]) == repeats
+        assert results["figures"]["ceiling"][f"before_{system}"]["repeats"] == repeats
     assert [t["key"] for t in results["targets"]] == [t.key for t in TARGETS]
     assert all(t["verdict"] in {"met", "MISSED"} for t in results["targets"]), results["targets"]
 
@@ -91,7 +96,9 @@ def test_smoke_writes_markdown_and_chart(smoke_results: Path) -> None:
         assert label in markdown
     for target in TARGETS:
         assert target.description in markdown
-    assert (smoke_results / "lateness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Bursts, one by one" in markdown
+    for chart in ("lateness.png", "burst.png"):
+        assert (smoke_results / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_smoke_leaves_no_containers(smoke_results: Path, docker_client: docker.DockerClient) -> None:
@@ -130,3 +137,23 @@ def test_scale_benchmark_quick(name: str, tmp_path: Path) -> None:
             for setup in ("single", "replicated"):
                 assert pair[setup]["won"] == pair[setup]["distinct_won"] == pair[setup]["runs"]
     assert (tmp_path / f"{name}-quick.md").read_text().startswith("# ")
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", ["cost", "soak"])
+def test_agent_curve_benchmark_quick(name: str, tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    """`python -m benchmarks cost|soak --quick`: our agent under watched containers / steady load, every run
+    started exactly once, every container gone, the report and its plot written (no timing judged)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", name, "--quick", "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{tail}"
+    results = json.loads((tmp_path / f"{name}-quick.json").read_text())
+    once = [g for g in results["goals"] if "exactly once" in g["goal"]]
+    assert once and all(g["met"] for g in once), results["goals"]
+    assert (tmp_path / f"{name}-quick.md").read_text().startswith("# ")
+    assert (tmp_path / f"{name}-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    flow_name = results["figures"].get("flow_name") or results["meta"].get("flow_name")
+    assert flow_name, "the report names its flow"
+    left = docker_client.api.containers(all=True, filters={"label": f"io.prefect.flow-name={flow_name}"})
+    assert left == []
