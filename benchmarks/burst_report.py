@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import fixed
+
 SYSTEMS = (("ours", "ours"), ("prefect", "Prefect 1.4.1"))
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("ceiling_runs_per_s", "ceiling runs/s", 2),
@@ -33,11 +35,6 @@ HOW = (
 )
 
 
-def _f(value: Any, decimals: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
-
 
 def burst_section(figures: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines: a table with one row per burst, then how its figures are measured."""
@@ -48,7 +45,7 @@ def burst_section(figures: dict[str, dict[str, Any]]) -> list[str]:
     head = "| agent | # | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = ["## Bursts, one by one", "", head, "|---|---:|" + "---:|" * len(COLUMNS)]
     for label, i, burst in rows:
-        cells = [_f(burst.get(key), decimals) for key, _, decimals in COLUMNS]
+        cells = [fixed(burst.get(key), decimals) for key, _, decimals in COLUMNS]
         lines.append(f"| {label} | {i} | " + " | ".join(cells) + " |")
     return [*lines, "", HOW, ""]
 
@@ -69,7 +66,7 @@ def burst_chart(figures: dict[str, dict[str, Any]], path: Path) -> None:
             continue
         median = figures[name].get("burst.ratio_to_ceiling")
         left.plot(xs, [b.get("ratio_to_ceiling") or math.nan for b in each], marker=marker, color=color,
-                  label=f"{label} (median {_f(median, 3)})")
+                  label=f"{label} (median {fixed(median, 3)})")
         rates = [b.get("runs_per_s") or math.nan for b in each]
         right.plot(xs, rates, marker=marker, color=color, label=label)
         right.plot(xs, [b.get("ceiling_runs_per_s") or math.nan for b in each], marker=marker, color=color,

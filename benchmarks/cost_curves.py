@@ -7,7 +7,8 @@ each level is measured (the agent's CPU ms per launched run), then, after a sett
 agent's RSS, CPU seconds per minute, open fds and threads (psutil, its process tree), its API requests per
 minute by operation at the proxy, and the server's and dockerd's CPU seconds per minute as context.
 
-The benchmark plays the flow runner's part the stand-in lacks (Running at start, heartbeats:
+Level 0 is measured after one short warm-up run (the launch path loads at the first launch). The benchmark
+plays the flow runner's part the stand-in lacks (Running at start, heartbeats:
 `cost_standin.py`), and checks at the end that every run was claimed and started exactly once, none was
 rescheduled by the zombie sweep, and every container was removed.
 """
@@ -223,6 +224,25 @@ def measure_levels(rig: Rig, sizes: Sizes) -> tuple[list[dict[str, Any]], list[d
     return levels, ramps
 
 
+def warm_up(rig: Rig, image: str, timeout: float = 60.0) -> None:
+    """One short run launched and finished before level 0, so the baseline is an agent that has launched
+    (the launch path's modules load at the first launch): the growth is then the watching's, not that
+    one-time cost. Its own flow name keeps it out of every count."""
+    name = f"{rig.flow_name}-warmup"
+    flow_id = backend.register_flow(rig.server.url, name, image, env={"BENCH_SLEEP_S": "3"})
+    with StartWatcher(rig.client, name) as watcher:
+        run_id = backend.create_flow_run(rig.server.url, flow_id, name=f"warmup-{rig.token}",
+                                         labels=[rig.agent.label], scheduled_at=time.time())
+        if not watcher.wait_for([run_id], timeout):
+            raise RuntimeError(f"the warm-up run never started; see {rig.agent.log_path}")
+    backend.finish_runs(rig.server.url, [run_id])  # as its flow runner would, before its container exits
+    deadline = time.monotonic() + timeout
+    while rig.client.api.containers(all=True, filters={"label": f"{FLOW_NAME_LABEL}={name}"}):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the agent did not remove the warm-up container; see {rig.agent.log_path}")
+        time.sleep(0.5)
+
+
 def run_record(db_path: Path, run_ids: list[str]) -> dict[str, Any]:
     """What the server holds about the runs before the benchmark finishes them: their states, their claims
     (Submitted states written), and what the zombie sweep did to them."""
@@ -269,7 +289,7 @@ def verify(rig: Rig, db_path: Path) -> dict[str, Any]:
     stop_s = rig.agent.stop()
     record = run_record(db_path, rig.runs)
     backend.finish_runs(rig.server.url, rig.runs)
-    starts = rig.counter.snapshot()
+    starts = rig.counter.counts()
     per_run = [starts.get(run, 0) for run in rig.runs]
     began = time.monotonic()
     removed = remove_all(rig.client, rig.flow_name)
@@ -307,6 +327,8 @@ def measure(sizes: Sizes, work: Path) -> dict[str, Any]:
         started = agent.start()
         if proxy.wait_first_poll(started, timeout=60.0) is None:
             raise RuntimeError(f"the agent never polled within 60 s; see {agent.log_path}")
+        stack.callback(remove_flow_containers, client, f"{flow_name}-warmup")
+        warm_up(rig, image)
         levels, ramps = measure_levels(rig, sizes)
         checks = verify(rig, db_path)
     db_path.unlink(missing_ok=True)

@@ -11,14 +11,12 @@ server (never through the agent's counting proxy), so the agent's steady path is
 from __future__ import annotations
 
 import threading
-import time
-from collections import Counter
 from typing import Any, Self
 
 import docker
 
 from benchmarks import backend
-from benchmarks.dockerenv import FLOW_NAME_LABEL, RUN_ID_LABEL
+from benchmarks.dockerenv import ContainerEvents
 
 STATES_MUTATION = ("mutation($input: set_flow_run_states_input!) "
                    "{ set_flow_run_states(input: $input) { states { id status } } }")
@@ -27,43 +25,14 @@ HEARTBEAT_MUTATION = ("mutation($input: update_flow_run_heartbeat_input!) "
 BATCH = 100
 
 
-class StartCounter:
-    """Every `start` event of the benchmark flow's containers, counted per flow run id (its own event
-    stream: `dockerenv.StartWatcher` keeps only the first start of each run)."""
+class StartCounter(ContainerEvents):
+    """Every `start` of the benchmark flow's containers, counted per flow run id."""
 
     def __init__(self, client: docker.DockerClient, flow_name: str) -> None:
-        self._client = client
-        self._filters = {"type": "container", "event": ["start"], "label": f"{FLOW_NAME_LABEL}={flow_name}"}
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._stream: Any = None
-        self._thread: threading.Thread | None = None
+        super().__init__(client, flow_name, ("start",))
 
-    def __enter__(self) -> Self:
-        self._stream = self._client.api.events(decode=True, filters=self._filters, since=int(time.time()) - 1)
-        self._thread = threading.Thread(target=self._pump, name="cost-start-counter", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _pump(self) -> None:
-        try:
-            for event in self._stream or ():
-                run_id = event.get("Actor", {}).get("Attributes", {}).get(RUN_ID_LABEL)
-                if run_id:
-                    with self._lock:
-                        self.counts[run_id] += 1
-        except Exception:  # noqa: BLE001 - the stream raises when closed; nothing to count then
-            return
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self.counts)
+    def counts(self) -> dict[str, int]:
+        return {run_id: len(times) for run_id, times in self.snapshot("start").items()}
 
 
 class FlowRunnerStandIn:

@@ -80,8 +80,9 @@ def _tar_context(files: dict[str, str]) -> io.BytesIO:
 
 
 class ContainerEvents:
-    """Records the first event of each kind in `actions` (`start`, `die`) of every container labelled with
-    our benchmark's flow name, as the daemon timed it.
+    """Records every event of each kind in `actions` (`start`, `die`, `destroy`) of every container labelled
+    with our benchmark's flow name, as the daemon timed it: `first[action][run]` the first, and `snapshot()`
+    all of them (a run started twice - relaunched, rescheduled - must show).
 
     Keyed by the `io.prefect.flow-run-id` label, which both agents set (and the ceilings imitate), so each
     event maps back to the flow run - and its scheduled time - that caused it.
@@ -93,13 +94,14 @@ class ContainerEvents:
         self._filters = {"type": "container", "event": list(actions),
                          "label": f"{FLOW_NAME_LABEL}={flow_name}"}
         self.first: dict[str, dict[str, float]] = {action: {} for action in actions}
+        self._every: dict[str, dict[str, list[float]]] = {action: {} for action in actions}
         self._cond = threading.Condition()
         self._stream: Any = None
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Self:
         self._stream = self._client.api.events(decode=True, filters=self._filters, since=int(time.time()) - 1)
-        self._thread = threading.Thread(target=self._pump, name="docker-start-events", daemon=True)
+        self._thread = threading.Thread(target=self._pump, name="docker-container-events", daemon=True)
         self._thread.start()
         return self
 
@@ -113,15 +115,21 @@ class ContainerEvents:
         try:
             for event in self._stream or ():
                 run_id = event.get("Actor", {}).get("Attributes", {}).get(RUN_ID_LABEL)
-                book = self.first.get(str(event.get("status", event.get("Action"))))
-                if not run_id or book is None:
+                action = str(event.get("status", event.get("Action")))
+                if not run_id or action not in self.first:
                     continue
                 stamp = event.get("timeNano", event.get("time", 0) * 1e9) / 1e9
                 with self._cond:
-                    book.setdefault(run_id, stamp)
+                    self.first[action].setdefault(run_id, stamp)
+                    self._every[action].setdefault(run_id, []).append(stamp)
                     self._cond.notify_all()
         except Exception:  # noqa: BLE001 - the stream raises when closed; nothing to record then
             return
+
+    def snapshot(self, action: str) -> dict[str, list[float]]:
+        """Every `action` event so far, per flow run, in the daemon's order."""
+        with self._cond:
+            return {run_id: list(times) for run_id, times in self._every[action].items()}
 
     def wait(self, run_ids: Iterable[str], timeout: float) -> bool:
         """Block until every run in `run_ids` had every event (or `timeout`); True when all did."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,26 +23,39 @@ GOALS_END = "<!-- goals:end -->"
 _DATED = re.compile(r"^(?P<name>[a-z-]+)-(?P<date>\d{4}-\d{2}-\d{2})\.json$")
 
 
-def run_parts(parts: tuple[str, ...], core: Callable[[], Path]) -> None:
-    """Run the requested parts in the order that keeps the machine's state comparable, then summarise."""
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        raise SystemExit(f"--parts: a subset of {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
-    if "core" in parts:
+def _part(name: str, core: Callable[[], Path]) -> None:
+    if name == "core":
         core()
-    if "cost" in parts:
+    elif name == "cost":
         from benchmarks.cost_curves import run_cost
 
         run_cost(False, RESULTS_DIR)
-    if "soak" in parts:
+    elif name == "soak":
         from benchmarks.soak import run_soak
 
         run_soak(False, RESULTS_DIR)
-    if "growth" in parts:
+    else:
         from benchmarks.growth import run_growth
 
         run_growth(False, RESULTS_DIR, ("sqlite", "postgres"))
+
+
+def run_parts(parts: tuple[str, ...], core: Callable[[], Path]) -> None:
+    """Run the requested parts in PARTS' order, then summarise. A part that fails is reported at the end and
+    never costs the others their figures (an hour in, a failed last part must not lose the summary)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"--parts: a subset of {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
+    failed: dict[str, str] = {}
+    for name in (p for p in PARTS if p in parts):
+        try:
+            _part(name, core)
+        except Exception as exc:  # noqa: BLE001 - every part's failure is reported below
+            traceback.print_exc()
+            failed[name] = f"{type(exc).__name__}: {exc}"
     write_goals_summary(RESULTS_DIR)
+    if failed:
+        raise SystemExit("parts failed: " + "; ".join(f"{name}: {why}" for name, why in failed.items()))
 
 
 def newest(results_dir: Path, name: str) -> Path | None:

@@ -6,18 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import number as _n
+from benchmarks.stats import times as _x
+
 MB = 1_000_000
 TITLES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
-def _n(value: Any, decimals: int = 2) -> str:
-    if value is None:
-        return "–"
-    return f"{value:,.{decimals}f}" if isinstance(value, float) else f"{value:,}"
-
-
-def _x(ratio: Any) -> str:
-    return "" if ratio is None else f" (x{ratio:.2f})"
 
 
 def _size_rows(sizes: list[dict[str, Any]]) -> list[str]:

@@ -4,7 +4,6 @@ burst.png (the repeated bursts)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 
 from benchmarks.burst_report import burst_chart, burst_section
 from benchmarks.config import PREFECT_BASELINE, TARGETS
-from benchmarks.stats import ratio
+from benchmarks.stats import fixed, ratio
 
 # (key, label, unit, decimals); a key with no value for any system shows "n/a".
 ROWS: tuple[tuple[str, str, str, int], ...] = (
@@ -51,13 +50,6 @@ SERVER_ROWS: tuple[tuple[str, str, str, int], ...] = (
 )
 
 
-def _fmt(value: Any, decimals: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{decimals}f}"
-    return str(value)
-
 
 def evaluate_targets(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each issue target against our figure (or the server's), bounded by Prefect's figure where relative."""
@@ -86,12 +78,12 @@ def _figure_rows(figures: dict[str, dict[str, Any]]) -> list[str]:
         mine, peer = ours.get(key), prefect.get(key)
         to_ceiling = ours.get("burst.ratio_to_ceiling") if key == "burst.runs_per_s" else None
         to_prefect = None if key in COUNTS else ratio(mine, peer)
-        cells = [label, unit, _fmt(mine, decimals), _fmt(peer, decimals), _fmt(to_ceiling, 3),
-                 _fmt(to_prefect, 2), _fmt(PREFECT_BASELINE.get(key), decimals)]
+        cells = [label, unit, fixed(mine, decimals), fixed(peer, decimals), fixed(to_ceiling, 3),
+                 fixed(to_prefect, 2), fixed(PREFECT_BASELINE.get(key), decimals)]
         lines.append("| " + " | ".join(cells) + " |")
     server = figures.get("server", {})
     for key, label, unit, decimals in SERVER_ROWS:
-        lines.append(f"| {label} | {unit} | {_fmt(server.get(key), decimals)} | | | | |")
+        lines.append(f"| {label} | {unit} | {fixed(server.get(key), decimals)} | | | | |")
     return lines
 
 
@@ -99,8 +91,8 @@ def _target_rows(targets: list[dict[str, Any]]) -> list[str]:
     lines = ["| target | ours | bound | verdict |", "|---|---:|---:|---|"]
     for t in targets:
         verdict = {"met": "met", "MISSED": "**MISSED**"}.get(t["verdict"], t["verdict"])
-        bound = f"{t['op']} {_fmt(t['bound'], 3)}"
-        lines.append(f"| {t['description']} | {_fmt(t['value'], 3)} | {bound} | {verdict} |")
+        bound = f"{t['op']} {fixed(t['bound'], 3)}"
+        lines.append(f"| {t['description']} | {fixed(t['value'], 3)} | {bound} | {verdict} |")
     return lines
 
 
@@ -137,8 +129,8 @@ def markdown(results: dict[str, Any]) -> str:
 def _ceilings(figures: dict[str, dict[str, Any]]) -> str:
     parts = []
     for name, fig in figures.get("ceiling", {}).items():
-        rate = _fmt(fig.get("runs_per_s"), 2)
-        each = ", ".join(_fmt(r, 2) for r in fig.get("runs_per_s_each", []))
+        rate = fixed(fig.get("runs_per_s"), 2)
+        each = ", ".join(fixed(r, 2) for r in fig.get("runs_per_s_each", []))
         remove = " (auto-remove)" if fig.get("auto_remove") else ""
         parts.append(f"{name}: median {rate} runs/s ({each}) at concurrency {fig.get('concurrency')}{remove}")
     return "; ".join(parts) or "n/a"
@@ -190,10 +182,10 @@ def summary_markdown(results: dict[str, Any], link: str) -> str:
         label, unit, decimals = labels[key]
         ours, peer = figures.get("ours", {}).get(key), figures.get("prefect", {}).get(key)
         name = f"{label} ({unit})" if unit else label
-        lines.append(f"| {name} | {_fmt(ours, decimals)} | {_fmt(peer, decimals)} |")
+        lines.append(f"| {name} | {fixed(ours, decimals)} | {fixed(peer, decimals)} |")
     median = figures.get("server", {}).get("queue.median_ms")
     runs = meta["config"]["queue_runs"]
-    lines += ["", f"Server queue latency at {runs:,} runs stored: median {_fmt(median, 2)} ms."]
+    lines += ["", f"Server queue latency at {runs:,} runs stored: median {fixed(median, 2)} ms."]
     missed = [t["description"] for t in results["targets"] if t["verdict"] == "MISSED"]
     lines.append(f"Targets missed: {'; '.join(missed)}." if missed else "Every measured target was met.")
     return "\n".join(lines)

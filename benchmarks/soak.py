@@ -28,7 +28,13 @@ import docker
 import psutil
 
 from benchmarks import backend
-from benchmarks.dockerenv import FLOW_NAME_LABEL, RUN_ID_LABEL, docker_client, ensure_sleeper_image
+from benchmarks.dockerenv import (
+    FLOW_NAME_LABEL,
+    ContainerEvents,
+    docker_client,
+    ensure_sleeper_image,
+    remove_flow_containers,
+)
 from benchmarks.peers import our_agent
 from benchmarks.proxy import CountingProxy
 
@@ -57,53 +63,15 @@ FULL = Sizes(duration_s=1200.0, container_s=30.0, sample_s=10.0, bucket_s=60.0)
 QUICK = Sizes(duration_s=30.0, container_s=6.0, sample_s=2.0, bucket_s=10.0, tail_timeout_s=30.0)
 
 
-class ContainerLog:
-    """Every `start`, `die` and `destroy` event of the soak's flow containers, per flow run (Docker's clock).
-
-    All of them, not the first only: a run started twice (relaunched, rescheduled) must show.
-    """
-
-    ACTIONS = ("start", "die", "destroy")
+class ContainerLog(ContainerEvents):
+    """Every `start`, `die` and `destroy` of the soak's flow containers, per flow run (Docker's clock)."""
 
     def __init__(self, client: docker.DockerClient, flow_name: str) -> None:
-        self._client = client
-        self._filters = {"type": "container", "event": list(self.ACTIONS),
-                         "label": f"{FLOW_NAME_LABEL}={flow_name}"}
-        self.events: dict[str, dict[str, list[float]]] = {action: {} for action in self.ACTIONS}
-        self.lock = threading.Lock()
-        self._stream: Any = None
-        self._thread = threading.Thread(target=self._pump, name="soak-events", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._stream = self._client.api.events(decode=True, filters=self._filters, since=int(time.time()) - 1)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._thread.join(timeout=5)
-
-    def _pump(self) -> None:
-        try:
-            for event in self._stream or ():
-                run_id = event.get("Actor", {}).get("Attributes", {}).get(RUN_ID_LABEL)
-                book = self.events.get(str(event.get("status", event.get("Action"))))
-                if run_id and book is not None:
-                    stamp = event.get("timeNano", event.get("time", 0) * 1e9) / 1e9
-                    with self.lock:
-                        book.setdefault(run_id, []).append(stamp)
-        except Exception:  # noqa: BLE001 - the stream raises when closed: nothing left to record
-            return
-
-    def snapshot(self, action: str) -> dict[str, list[float]]:
-        with self.lock:
-            return {run_id: list(times) for run_id, times in self.events[action].items()}
+        super().__init__(client, flow_name, ("start", "die", "destroy"))
 
     def running(self) -> int:
-        with self.lock:
-            return sum(len(t) for t in self.events["start"].values()) - sum(
-                len(t) for t in self.events["die"].values())
+        starts, dies = self.snapshot("start"), self.snapshot("die")
+        return sum(len(t) for t in starts.values()) - sum(len(t) for t in dies.values())
 
 
 def set_states(url: str, run_ids: list[str], state: str) -> int:
@@ -246,11 +214,13 @@ def _wait_tail(load: Load, containers: ContainerLog, sizes: Sizes) -> float:
     return time.time() - began
 
 
-def _final_states(url: str, flow_id: str) -> dict[str, int]:
-    query = "query($ids: [uuid!]) { flow_run(where: {flow_id: {_in: $ids}}) { id state } }"
+def _final_states(url: str, run_ids: list[str]) -> dict[str, int]:
+    """The state of every run the soak created, read 500 ids at a time (the server caps a list's rows)."""
+    query = "query($ids: [uuid!]) { flow_run(where: {id: {_in: $ids}}, limit: 500) { id state } }"
     counts: dict[str, int] = {}
-    for run in backend.graphql(url, query, {"ids": [flow_id]})["flow_run"]:
-        counts[run["state"]] = counts.get(run["state"], 0) + 1
+    for start in range(0, len(run_ids), 500):
+        for run in backend.graphql(url, query, {"ids": run_ids[start:start + 500]})["flow_run"]:
+            counts[run["state"]] = counts.get(run["state"], 0) + 1
     return counts
 
 
@@ -264,14 +234,6 @@ def _agent_log(path: Path) -> dict[str, Any]:
 
 def _left_behind(client: docker.DockerClient, flow_name: str) -> int:
     return len(client.api.containers(all=True, filters={"label": f"{FLOW_NAME_LABEL}={flow_name}"}))
-
-
-def _remove(client: docker.DockerClient, flow_name: str) -> None:
-    for container in client.api.containers(all=True, filters={"label": f"{FLOW_NAME_LABEL}={flow_name}"}):
-        try:
-            client.api.remove_container(container["Id"], force=True)
-        except docker.errors.APIError:  # removed by the agent meanwhile
-            continue
 
 
 def _drive(server: backend.Server, proxy: CountingProxy, containers: ContainerLog, sizes: Sizes,
@@ -303,12 +265,12 @@ def _drive(server: backend.Server, proxy: CountingProxy, containers: ContainerLo
                 "refused": load.refused, "starts": containers.snapshot("start"),
                 "dies": containers.snapshot("die"), "destroys": containers.snapshot("destroy"),
                 "samples": sampler.samples, "containers_left_by_agent": left, "agent_stop_s": stop_s,
-                "final_states": _final_states(server.url, flow_id),
+                "final_states": _final_states(server.url, list(load.scheduled)),
                 "requests": proxy.by_operation(t0 + sizes.warmup_s, t0 + sizes.duration_s),
                 "agent_log": _agent_log(agent.log_path)}
     finally:
         agent.stop()
-        _remove(client, flow_name)
+        remove_flow_containers(client, flow_name)
 
 
 def measure(sizes: Sizes, work: Path) -> dict[str, Any]:
@@ -321,7 +283,7 @@ def measure(sizes: Sizes, work: Path) -> dict[str, Any]:
             return _drive(server, proxy, containers, sizes, work, flow_name)
     finally:
         server.stop()
-        _remove(client, flow_name)
+        remove_flow_containers(client, flow_name)
 
 
 def run_soak(quick: bool, out_dir: Path, minutes: float | None = None) -> dict[str, Path]:

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.stats import percentile
+from benchmarks.stats import number, percentile
 
 if TYPE_CHECKING:
     from benchmarks.soak import Sizes
@@ -25,6 +25,10 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.045, 2.042)
 FLAT_ABS_S, FLAT_REL = 0.1, 0.25  # lateness is flat when the late p95 <= early p95 + max(0.1 s, 25 %)
 
+
+
+def _n(value: Any, decimals: int = 3) -> str:
+    return number(value, decimals)
 
 def t975(df: int) -> float:
     if df <= len(T975):
@@ -175,11 +179,6 @@ def move_goals(path: Path) -> None:
     data["goals"] = data["figures"].pop("goals")
     path.write_text(json.dumps(data, indent=2) + "\n")
 
-
-def _n(value: Any, decimals: int = 3) -> str:
-    if value is None:
-        return "–"
-    return f"{value:,.{decimals}f}" if isinstance(value, float) else f"{value:,}"
 
 
 def _resource_rows(res: dict[str, Any]) -> list[str]:

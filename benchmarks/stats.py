@@ -1,9 +1,11 @@
-"""Percentiles the same way for every figure (linear interpolation, like numpy's default)."""
+"""Percentiles the same way for every figure (linear interpolation, like numpy's default), and figures
+written the same way in every report."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -32,3 +34,22 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator in (None, 0):
         return None
     return numerator / denominator  # type: ignore[operator]
+
+
+def fixed(value: Any, decimals: int) -> str:
+    """A figure in a results table: `n/a` when not measured."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
+
+
+def number(value: Any, decimals: int = 2) -> str:
+    """A figure in a growth/cost/soak report: thousands separated, `–` when absent."""
+    if value is None:
+        return "–"
+    return f"{value:,.{decimals}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def times(ratio: Any) -> str:
+    """` (xN.NN)`: a figure's ratio to the same run's baseline, nothing when there is none."""
+    return "" if ratio is None else f" (x{ratio:.2f})"

@@ -15,7 +15,6 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-import httpx
 import tenacity
 from loguru import logger
 
@@ -75,17 +74,20 @@ def classify_errors(errors: list[dict[str, Any]]) -> ApiError:
 
 
 def classify_exception(exc: BaseException) -> ApiError:
-    """401/403 auth errors, other 4xx permanent, the rest (5xx, network, timeout) transient."""
+    """401/403 auth errors, redirects and other 4xx permanent, the rest (5xx, network, timeout) transient."""
     if isinstance(exc, HttpStatusError):
         code = exc.code
+        if code is not None and 300 <= code < 400:  # retrying cannot help; following could leave HTTPS
+            return ApiError(f"the API answered with a redirect (HTTP {code}): set the API URL to where it "
+                            f"points: {exc}")
         if code in (401, 403):
             return AuthenticationError(f"HTTP {code}: {exc}")
         if code is not None and 400 <= code < 500 and code != 429:
             return ApiError(f"HTTP {code}: {exc}")
         return TransientApiError(f"HTTP {code}: {exc}")
-    if isinstance(exc, TransportError):  # not a GraphQL answer (a proxy's error page), or not connected
+    if isinstance(exc, TransportError):  # no answer, not a GraphQL answer (a proxy's page), not connected
         return TransientApiError(str(exc) or type(exc).__name__)
-    if isinstance(exc, TimeoutError | httpx.TransportError | OSError):
+    if isinstance(exc, TimeoutError | OSError):
         return TransientApiError(f"{type(exc).__name__}: {exc}".rstrip(": "))
     return ApiError(f"{type(exc).__name__}: {exc}")
 

@@ -13,19 +13,20 @@ exception and loses `data`/`extensions`, while `agent.api.cloud` needs the whole
 way the Prefect client does (`VERSION_LOCKING_ERROR`, `State update failed`, `UNAUTHENTICATED`,
 cloud-api.md §1).
 
-Outcomes: a JSON answer with `data` or `errors` is returned whatever the HTTP status; otherwise HTTP >= 400
-raises `HttpStatusError` (with the code) and anything else `ProtocolError`. Network failures surface as the
-underlying httpx/OS/timeout exception, so `agent.api.cloud.classify_exception` tells transient ones apart.
+Outcomes: a JSON answer with `data` or `errors` is returned whatever the HTTP status; otherwise a non-2xx
+status raises `HttpStatusError` (with the code; redirects are not followed: a plain-HTTP URL redirected to
+HTTPS would go unverified) and anything else `ProtocolError`. Anything httpx raises on the way (refused,
+reset, TLS, a corrupt body) becomes `NetworkError`; a timeout is the caller's `TimeoutError`.
 """
 
 from __future__ import annotations
 
-import json
 import ssl
 from functools import lru_cache
 from typing import Any
 
 from gql import GraphQLRequest
+from gql.transport import httpx as gql_httpx
 from gql.transport.exceptions import (
     TransportClosed,
     TransportConnectionFailed,
@@ -56,6 +57,16 @@ class ClosedError(TransportError):
     """The transport is not connected."""
 
 
+class NetworkError(TransportError):
+    """The request did not get an answer: refused, reset, DNS, TLS, or a body that could not be read."""
+
+
+# The httpx module gql's transport uses (gql prefers `httpx2` where it is installed): its error classes.
+_HTTPX: Any = getattr(gql_httpx, "httpx")  # noqa: B009 - not re-exported by gql, so typed here
+_REQUEST_ERROR: type[Exception] = _HTTPX.RequestError
+_KEEP_ALIVE = 100  # idle connections kept (as aiohttp did), so a burst's second wave reuses the first's
+
+
 @lru_cache(maxsize=64)
 def _document(query: str) -> DocumentNode:
     """Parse each (fixed) document once; gql would otherwise parse it on every request."""
@@ -74,8 +85,9 @@ class GraphQLHttp:
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         # Timeouts are the caller's (asyncio.timeout per request): long polls need more than a fixed total.
+        limits = _HTTPX.Limits(max_connections=100, max_keepalive_connections=_KEEP_ALIVE)
         self._transport = HTTPXAsyncTransport(url=url, headers=dict(headers), timeout=None, trust_env=False,
-                                              verify=_verify(url), json_serialize=json.dumps)
+                                              verify=_verify(url), limits=limits)
         self._connected = False
 
     async def connect(self) -> None:
@@ -97,14 +109,18 @@ class GraphQLHttp:
         try:
             extra = {"headers": headers} if headers else None
             result = await self._transport.execute(request, extra_args=extra)
-        except TransportServerError as exc:
-            raise HttpStatusError(str(exc), exc.code) from exc
+        except TransportServerError as exc:  # httpx's text has a "For more information" line: one line only
+            lines = [line for line in str(exc).splitlines() if not line.startswith("For more information")]
+            raise HttpStatusError("; ".join(lines), exc.code) from exc
         except TransportProtocolError as exc:
             raise ProtocolError(str(exc)) from exc
         except TransportClosed as exc:
             raise ClosedError(str(exc)) from exc
-        except TransportConnectionFailed as exc:  # gql wraps the network error: re-raise the real one
-            raise (exc.__cause__ or exc) from None
+        except TransportConnectionFailed as exc:  # gql wraps what httpx raised
+            cause = exc.__cause__
+            if isinstance(cause, _REQUEST_ERROR):
+                raise NetworkError(f"{type(cause).__name__}: {cause}".rstrip(": ")) from cause
+            raise (cause or exc) from None
         answer: dict[str, Any] = {"data": result.data}
         if result.errors:
             answer["errors"] = result.errors

@@ -48,7 +48,9 @@ def test_token_masked_in_loguru_stdlib_and_tracebacks(stream: io.StringIO) -> No
 
 
 def test_noisy_libraries_are_capped_at_warning(stream: io.StringIO) -> None:
-    logging.getLogger("gql.transport.aiohttp").info(">>> {'query': ...}")
+    logging.getLogger("gql.transport.httpx").info(">>> {'query': ...}")
+    logging.getLogger("httpx").info('HTTP Request: POST http://user:pw@api/ "HTTP/1.1 200 OK"')
+    logging.getLogger("httpcore.connection").debug("connect_tcp.started")
     logging.getLogger("docker.api").debug("request")
     assert stream.getvalue() == ""
 

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from agent import startup
-from agent.api.cloud import ApiError, StateUpdateFailed
-from agent.api.transport import GraphQLHttp, HttpStatusError, ProtocolError
+from agent.api.cloud import ApiError, StateUpdateFailed, TransientApiError, classify_exception
+from agent.api.transport import GraphQLHttp, HttpStatusError, NetworkError, ProtocolError
 from agent.launch.claims import ClaimBatcher, outcome_error
 from agent.launch.gate import LaunchGate
 from agent.launch.prelaunch import DockerProbe, ImagePresence
@@ -145,6 +145,8 @@ async def test_transport_outcomes(aiohttp_free_port: int) -> None:
             return web.Response(text="<html>bad gateway</html>", status=502)
         if kind == "html":
             return web.Response(text="<html>hello</html>")
+        if kind == "redirect":
+            return web.Response(status=308, headers={"Location": "https://elsewhere.example/graphql"})
         return web.json_response({"data": {"echo": body["query"]}})
 
     app = web.Application()
@@ -160,12 +162,29 @@ async def test_transport_outcomes(aiohttp_free_port: int) -> None:
         assert (await http.post("{ hello }", {"kind": "errors"}))["errors"] == [{"message": "no"}]
         with pytest.raises(HttpStatusError) as raised:
             await http.post("{ hello }", {"kind": "proxy"})
-        assert raised.value.code == 502
+        assert raised.value.code == 502 and "\n" not in str(raised.value)  # one log line
+        assert type(classify_exception(raised.value)) is TransientApiError
+        with pytest.raises(HttpStatusError) as raised:  # not followed: http -> https would go unverified
+            await http.post("{ hello }", {"kind": "redirect"})
+        redirect = classify_exception(raised.value)
+        assert type(redirect) is ApiError and "redirect (HTTP 308)" in str(redirect)
         with pytest.raises(ProtocolError):
             await http.post("{ hello }", {"kind": "html"})
     finally:
         await http.close()
         await runner.cleanup()
+
+
+async def test_an_unreachable_api_is_a_transient_network_error(aiohttp_free_port: int) -> None:
+    http = GraphQLHttp(f"http://127.0.0.1:{aiohttp_free_port}/", {})  # nothing listens there
+    await http.connect()
+    try:
+        with pytest.raises(NetworkError) as raised:
+            await http.post("{ hello }")
+    finally:
+        await http.close()
+    assert str(raised.value).startswith("ConnectError: ")
+    assert type(classify_exception(raised.value)) is TransientApiError
 
 
 @pytest.fixture

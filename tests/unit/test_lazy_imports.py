@@ -83,8 +83,9 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize(("trusted", "answer"),
-                         [(True, "ok"), (False, "rejected: ConnectError [SSL: CERTIFICATE_VERIFY_FAILED] "
-                                           "certificate verify failed: self-signed certificate")])
+                         [(True, "ok"),
+                          (False, "rejected: NetworkError ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] "
+                                  "certificate verify failed: self-signed certificate")])
 def test_an_https_api_is_verified_against_the_system_cas(self_signed: tuple[Path, Path], trusted: bool,
                                                           answer: str, tmp_path: Path) -> None:
     """The agent's transport checks an HTTPS API's certificate against the system CAs, SSL_CERT_FILE
