@@ -15,12 +15,15 @@ from typing import Any
 import docker
 import docker.utils
 from loguru import logger
+from urllib3._collections import RecentlyUsedContainer
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 # docker-py keys a unix socket's connection pools by the request's whole URL and keeps 25 of them, each with
 # its socket open: every container's own paths (`/containers/<id>/json`, ...) left an idle connection behind,
 # ~3 fds per watched container up to 25 per thread. Four pools keep the repeated calls (the list, `/info`)
 # on warm connections; a connection to a local socket costs well under a millisecond to open again.
+# Set on the adapter: docker-py 7 ignores its own `num_pools` argument except for ssh:// (an operator
+# precedence slip in `APIClient.__init__`).
 POOLS_PER_CLIENT = 4
 
 
@@ -50,6 +53,20 @@ def label_filters(labels: Mapping[str, str | None]) -> list[str]:
     return [key if value is None else f"{key}={value}" for key, value in labels.items()]
 
 
+def _close(pool: Any) -> None:
+    pool.close()
+
+
+def _limit_pools(api: docker.APIClient) -> None:
+    """Keep at most `POOLS_PER_CLIENT` per-URL pools on a unix or ssh adapter (an evicted pool closes its
+    idle connections; one in use finishes first). TCP adapters pool by host already."""
+    for adapter in api.adapters.values():
+        if isinstance(getattr(adapter, "pools", None), RecentlyUsedContainer):
+            fewer: RecentlyUsedContainer[str, Any] = RecentlyUsedContainer(POOLS_PER_CLIENT,
+                                                                           dispose_func=_close)
+            setattr(adapter, "pools", fewer)  # noqa: B010 - typed as requests' BaseAdapter, which has none
+
+
 class ClientPool:
     """One `docker.DockerClient` per thread for one daemon address."""
 
@@ -67,7 +84,8 @@ class ClientPool:
         client: docker.DockerClient | None = getattr(self._local, "client", None)
         if client is None:
             client = docker.DockerClient(timeout=self.timeout,  # type: ignore[arg-type]  # floats work
-                                         version=self._api_version, num_pools=POOLS_PER_CLIENT, **self.params)
+                                         version=self._api_version, **self.params)
+            _limit_pools(client.api)
             self._api_version = client.api.api_version
             with self._lock:
                 self._clients.append(client)

@@ -6,10 +6,13 @@ because a fake would only repeat our assumptions about how docker-py wraps those
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 
+import docker
 import docker.errors
 import pytest
 import requests
@@ -233,3 +236,26 @@ def test_address_follows_docker_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DOCKER_HOST")
     monkeypatch.setenv("HOME", "/nonexistent-home")  # no CLI context either
     assert DockerRuntime().address == DEFAULT_ADDRESS == "unix:///var/run/docker.sock"
+
+
+@pytest.mark.docker
+def test_a_pooled_client_keeps_few_connections_however_many_containers_it_asks_about(
+        docker_client: docker.DockerClient) -> None:
+    """docker-py pools a unix socket's connections per URL (25 kept) and ignores its `num_pools`: every
+    container the watcher inspected used to leave a socket open. Asked about 30 containers, the agent's
+    client keeps at most POOLS_PER_CLIENT of them (plain docker-py keeps ~23)."""
+    from agent.runtime.docker_clients import POOLS_PER_CLIENT, ClientPool
+
+    client = ClientPool(None, 30).get()
+    client.api.ping()
+
+    def sockets() -> int:
+        links = [f"/proc/self/fd/{fd}" for fd in os.listdir("/proc/self/fd")]
+        return sum(os.readlink(link).startswith("socket:") for link in links if os.path.exists(link))
+
+    before = sockets()
+    for _ in range(30):  # each id is its own URL, hence its own pool; a 404 answers on a connection too
+        with pytest.raises(docker.errors.NotFound):
+            client.api.inspect_container(uuid.uuid4().hex)
+    assert sockets() - before <= POOLS_PER_CLIENT
+    client.close()
